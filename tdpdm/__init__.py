@@ -1,0 +1,2 @@
+"""tdpdm: differentially private synthetic images."""
+__version__ = "0.1.0"

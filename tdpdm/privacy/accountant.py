@@ -57,6 +57,7 @@ class PRVDpAccountant(PrivacyAccountant):
         super().__init__(NeighboringRelation.ADD_OR_REMOVE_ONE)
         self._eps_error = eps_error
         self._counts: Counter[tuple[str, float, float]] = Counter()
+        self.fell_back = False
 
     def _maybe_compose(
         self, event: dp_event.DpEvent, count: int, do_compose: bool
@@ -90,7 +91,17 @@ class PRVDpAccountant(PrivacyAccountant):
         return None
 
     def get_epsilon(self, target_delta: float) -> float:
-        return self.epsilon_bounds(target_delta)[2]
+        """PRV's upper bound; where PRV cannot discretise the regime (huge privacy loss), the
+        pessimistic PLD bound, which is also an upper bound (`fell_back` says so)."""
+        try:
+            return self.epsilon_bounds(target_delta)[2]
+        except (RuntimeError, FloatingPointError, OverflowError, ValueError):
+            self.fell_back = True
+            pld = pld_privacy_accountant.PLDAccountant(
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE
+            )
+            pld.compose(self.ledger)
+            return float(pld.get_epsilon(target_delta))
 
     def epsilon_bounds(self, target_delta: float) -> tuple[float, float, float]:
         """(lower, estimate, upper) epsilon at `target_delta`."""
@@ -166,16 +177,10 @@ def compute_epsilon(
     if not live:
         return EpsilonBound(0.0, delta, adjacency, accountant_name(adjacency))
     name = accountant_name(adjacency)
-    try:
-        accountant = make_accountant(adjacency)
-        accountant.compose(to_dp_event(live))
-        epsilon = float(accountant.get_epsilon(delta))
-    except (RuntimeError, FloatingPointError, OverflowError, ValueError):
-        if adjacency is not Adjacency.ADD_REMOVE:
-            raise
-        # PRV cannot discretise some extreme regimes (huge privacy loss); the pessimistic PLD
-        # is also an upper bound, and the report names the accountant that produced it.
-        epsilon = pld_epsilon(live, delta, adjacency)
+    accountant = make_accountant(adjacency)
+    accountant.compose(to_dp_event(live))
+    epsilon = float(accountant.get_epsilon(delta))
+    if getattr(accountant, "fell_back", False):
         name = "dp-accounting PLD, add/remove, pessimistic (upper bound; PRV fallback)"
     if math.isnan(epsilon):
         raise ArithmeticError(f"accountant returned NaN for {live}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from dp_accounting import mechanism_calibration
+from dp_accounting.pld import pld_privacy_accountant
 
 from tdpdm.privacy.accountant import compute_epsilon, make_accountant
 from tdpdm.privacy.adjacency import Adjacency
@@ -71,15 +72,18 @@ def calibrate_noise(
             tol=tol,
         )
 
-    def coarse(sigma: float) -> float:
-        return (
-            make_accountant(adjacency, eps_error=0.2, pld_interval=1e-2)
-            .compose(to_dp_event(events_at(sigma)))
-            .get_epsilon(delta)
+    def coarse_accountant():
+        # Pessimistic PLD on a coarse grid: fast, robust at any noise, and close enough to
+        # bracket the root for the reporting accountant.
+        return pld_privacy_accountant.PLDAccountant(
+            neighboring_relation=adjacency.to_dp_accounting(), value_discretization_interval=1e-2
         )
 
+    def coarse(sigma: float) -> float:
+        return coarse_accountant().compose(to_dp_event(events_at(sigma))).get_epsilon(delta)
+
     low, high = _geometric_bracket(coarse, target_epsilon)
-    guess = search(lambda: make_accountant(adjacency, 0.2, 1e-2), low, high, 1e-2 * low)
+    guess = search(coarse_accountant, low, high, 1e-2 * low)
     # The fine root lies close to the coarse one; widen only if it does not.
     low, high = max(MIN_NOISE, guess * 0.9), guess * 1.05
     fine = lambda: make_accountant(adjacency, SEARCH_EPS_ERROR, 1e-3)  # noqa: E731

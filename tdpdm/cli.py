@@ -1,0 +1,294 @@
+"""`tdpdm`: the command line. Every failure is one line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tdpdm import __version__
+
+EXIT_USER_ERROR = 2
+EXIT_REFUSED = 3
+EXIT_INTERNAL = 1
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (flags override it)")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--data-dir", dest="data_dir", help="folder or URI with the IDX files")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="download the data set from its mirrors if missing (sha256-checked)",
+    )
+    p.add_argument("--epsilon", type=float, help="target epsilon of this run")
+    p.add_argument("--delta", type=float)
+    p.add_argument("--mode", choices=["private", "released"])
+    p.add_argument("--subset", help="number of training records to use, or 'all'")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--ledger", help="privacy ledger path")
+    p.add_argument("--out", help="output folder or URI")
+    p.add_argument("--job-id", dest="job_id", help="ledger job id (reuse it to resume)")
+    p.add_argument("--cache-dir", dest="cache_dir")
+    p.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="serve Prometheus metrics on this port while running",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set stage2.epochs=30 (repeatable)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = (
+        "dataset",
+        "data_dir",
+        "download",
+        "epsilon",
+        "delta",
+        "mode",
+        "seed",
+        "device",
+        "ledger",
+        "out",
+        "job_id",
+        "cache_dir",
+        "metrics_port",
+        "progress",
+    )
+    out: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "subset", None) is not None:
+        out["subset"] = None if str(args.subset).lower() in ("all", "none", "0") else args.subset
+    for item in getattr(args, "set", []) or []:
+        if "=" not in item:
+            raise _UserError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = None if value.strip().lower() in ("null", "none") else value.strip()
+    return out
+
+
+class _UserError(ValueError):
+    pass
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tdpdm.config import load_config
+    from tdpdm.pipeline import describe, run_pipeline
+
+    cfg = load_config(args.config, _overrides(args))
+    _maybe_serve_metrics(cfg.metrics_port)
+    result = run_pipeline(cfg, log=_log)
+    print(describe(result.report))
+    out = result.out
+    print(f"synthetic data: {out}/synthetic/part-0.parquet")
+    print(f"sample grid:    {out}/samples.png")
+    print(f"report:         {out}/report.html  ({out}/report.json)")
+    return 0
+
+
+def _maybe_serve_metrics(port: int | None) -> None:
+    if port is None:
+        return
+    from tdpdm.telemetry import PrometheusTelemetry, set_telemetry
+
+    telemetry = PrometheusTelemetry()
+    bound = telemetry.serve(port)
+    set_telemetry(telemetry)
+    _log(f"serving Prometheus metrics on :{bound}/metrics")
+
+
+def _cmd_budget(args: argparse.Namespace) -> int:
+    from tdpdm.privacy.ledger import Ledger, NoBudgetError
+
+    ledger = Ledger(args.ledger)
+    if args.action == "set":
+        if args.epsilon is None or args.delta is None:
+            raise _UserError("budget set needs --epsilon and --delta")
+        budget = ledger.set_budget(args.dataset, args.epsilon, args.delta, args.adjacency)
+        print(f"{args.dataset}: budget set to {budget.describe()} in {ledger.store.location}")
+        return 0
+    budget = ledger.budget(args.dataset)
+    if budget is None:
+        raise NoBudgetError(f"no privacy budget is set for {args.dataset!r} in {args.ledger}")
+    spent = ledger.spent(args.dataset)
+    charges = ledger.charges(args.dataset)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dataset": args.dataset,
+                    "budget": budget.as_dict(),
+                    "spent_epsilon": spent.epsilon,
+                    "accountant": spent.accountant,
+                    "remaining_epsilon": max(0.0, budget.epsilon - spent.epsilon),
+                    "charges": [c.as_dict() for c in charges],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{args.dataset}: budget {budget.describe()}")
+    print(
+        f"  spent epsilon {spent.epsilon:.3f} ({spent.accountant}); "
+        f"remaining {max(0.0, budget.epsilon - spent.epsilon):.3f}"
+    )
+    from tdpdm.privacy.ledger import describe_events
+
+    for c in charges:
+        events = c.counted_events() if c.status != "cancelled" else c.planned
+        print(
+            f"  [{c.status:9}] {c.created} job {c.job_id}: {describe_events(events)}"
+            + (f"  ({c.note})" if c.note else "")
+        )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tdpdm.data.download import ensure_dataset
+    from tdpdm.data.loader import load_split
+    from tdpdm.evaluate.metrics import evaluate_synthetic
+    from tdpdm.stages.synthetic_io import read_synthetic
+
+    images, labels, meta = read_synthetic(args.synthetic)
+    dataset = args.dataset or meta.get("dataset") or "mnist"
+    data_dir = ensure_dataset(dataset, args.data_dir, download_if_missing=False)
+    metrics = evaluate_synthetic(
+        images,
+        labels,
+        real_train=load_split(dataset, data_dir, "train"),
+        real_test=load_split(dataset, data_dir, "test"),
+        dataset=dataset,
+        device=args.device,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        classifier_epochs=args.classifier_epochs,
+        evaluator_epochs=args.evaluator_epochs,
+        inception_weights=args.inception_weights,
+        inception_sha256=args.inception_sha256,
+    )
+    if meta:
+        print(
+            f"guarantee in file: epsilon {meta.get('epsilon')}, delta {meta.get('delta')}, "
+            f"{meta.get('adjacency')}"
+        )
+    print("metrics (custodian-only, computed against the real data):")
+    print(json.dumps(metrics, indent=2, default=float))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tdpdm",
+        description="Differentially private synthetic images: DP encoding + latent diffusion.",
+    )
+    parser.add_argument("--version", action="version", version=f"tdpdm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the whole pipeline: encode, diffuse, sample, report")
+    _add_run_flags(run)
+    run.set_defaults(func=_cmd_run)
+
+    for name, helptext in (
+        ("encode", "stage 1 only: DP autoencoder and latents (charges the ledger)"),
+        ("diffuse", "stage 2 only: diffusion on latents from `encode`, sampling and report"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _add_run_flags(p)
+        if name == "diffuse":
+            p.add_argument(
+                "--from",
+                dest="from_dir",
+                required=True,
+                help="the --out folder of a finished `tdpdm encode`",
+            )
+        p.set_defaults(func=_cmd_stage, stage=name)
+
+    budget = sub.add_parser("budget", help="show or set a data set's privacy budget")
+    budget.add_argument("action", choices=["show", "set"])
+    budget.add_argument("--ledger", required=True)
+    budget.add_argument("--dataset", required=True)
+    budget.add_argument("--epsilon", type=float)
+    budget.add_argument("--delta", type=float)
+    budget.add_argument("--adjacency", default="add_remove", choices=["add_remove", "replace_one"])
+    budget.add_argument("--json", action="store_true")
+    budget.set_defaults(func=_cmd_budget)
+
+    ev = sub.add_parser("evaluate", help="evaluate a synthetic Parquet data set")
+    ev.add_argument("--synthetic", required=True, help="synthetic Parquet file or URI")
+    ev.add_argument("--dataset", choices=["mnist", "fashion-mnist"])
+    ev.add_argument("--data-dir", dest="data_dir", default="../shared/datasets")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--cache-dir", dest="cache_dir", default=".tdpdm-cache")
+    ev.add_argument("--classifier-epochs", type=int, default=5)
+    ev.add_argument("--evaluator-epochs", type=int, default=3)
+    ev.add_argument("--inception-weights")
+    ev.add_argument("--inception-sha256")
+    ev.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from tdpdm.config import load_config
+    from tdpdm.pipeline import describe, run_diffuse_stage, run_encode_stage
+
+    cfg = load_config(args.config, _overrides(args))
+    _maybe_serve_metrics(cfg.metrics_port)
+    if args.stage == "encode":
+        info = run_encode_stage(cfg, log=_log)
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    result = run_diffuse_stage(cfg, Path(args.from_dir).as_posix(), log=_log)
+    print(describe(result.report))
+    print(f"report: {result.out}/report.html")
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("tdpdm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        code, line = _classify(err)
+        print(f"tdpdm: error: {line}", file=sys.stderr)
+        return code
+
+
+def _classify(err: Exception) -> tuple[int, str]:
+    from tdpdm.privacy.ledger import BudgetExceededError
+
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, BudgetExceededError):
+        return EXIT_REFUSED, message
+    user_errors = (ValueError, PermissionError, FileNotFoundError, LookupError, RuntimeError)
+    if isinstance(err, user_errors):
+        return EXIT_USER_ERROR, f"{message}"
+    return EXIT_INTERNAL, f"{type(err).__name__}: {message} (rerun with --debug for details)"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

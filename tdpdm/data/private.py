@@ -1,0 +1,98 @@
+"""The private training split, sealed until a privacy ledger charge covers reading it.
+
+DESIGN 3.1: every read of private records is a mechanism on the ledger. So nothing in the
+package gets the sensitive arrays except through `PrivateTrainingSet.open(grant)`, and a grant is
+only valid while the ledger holds an open charge for this data set. Before that, the only thing
+anyone may learn is the record count (from the labels file header), which DP-SGD treats as
+public because it sets the sampling rate. Refusing a plan therefore reads no record at all.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from tdpdm.data import storage
+from tdpdm.data.catalog import get_spec
+from tdpdm.data.errors import DataError
+from tdpdm.data.loader import find_split_files, load_split
+
+
+class PrivateAccessError(PermissionError):
+    """Private records were asked for without a valid ledger grant."""
+
+
+@runtime_checkable
+class AccessGrant(Protocol):
+    """What the privacy layer hands over to unseal a data set (see `privacy.session`)."""
+
+    dataset: str
+    charge_id: str
+
+    def is_active(self) -> bool: ...
+
+
+class PrivateTrainingSet:
+    """A data set's training split, optionally a seeded subset of it, read only under a grant.
+
+    The subset is drawn from a seeded permutation of record *positions*, not from their
+    content, so choosing it is not itself a data-dependent mechanism.
+    """
+
+    def __init__(self, dataset: str, data_dir: str, subset: int | None, seed: int) -> None:
+        self.spec = get_spec(dataset)
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.subset = subset
+        self.seed = seed
+        self.reads = 0
+        if subset is not None and subset < 1:
+            raise DataError(f"subset must be a positive number of records, got {subset}")
+
+    def n_records(self) -> int:
+        """Records that training will see: min(subset, file count), from the header only."""
+        total = _labels_count(find_split_files(self.dataset, self.data_dir, "train")[1])
+        if total == 0:
+            raise DataError(f"{self.dataset}: the training split at {self.data_dir} is empty")
+        return total if self.subset is None else min(self.subset, total)
+
+    def open(self, grant: AccessGrant) -> tuple[np.ndarray, np.ndarray]:
+        """Images uint8 (N, H, W) and labels int64 (N,); refused without an active grant."""
+        if not isinstance(grant, AccessGrant):
+            raise PrivateAccessError("reading private records needs a ledger grant")
+        if grant.dataset != self.dataset:
+            raise PrivateAccessError(
+                f"grant is for data set {grant.dataset!r}, not {self.dataset!r}"
+            )
+        if not grant.is_active():
+            raise PrivateAccessError(
+                f"ledger charge {grant.charge_id} is not open; private records stay sealed"
+            )
+        images, labels = load_split(self.dataset, self.data_dir, "train")
+        if len(images) == 0:
+            raise DataError(f"{self.dataset}: the training split at {self.data_dir} is empty")
+        self.reads += 1
+        if self.subset is not None and self.subset < len(images):
+            order = np.random.default_rng(self.seed).permutation(len(images))[: self.subset]
+            order.sort()
+            images, labels = images[order], labels[order]
+        return images, labels
+
+
+def _labels_count(uri: str) -> int:
+    """Item count from an IDX labels header (8 bytes), gzip or raw, without reading records."""
+    fs, path = storage.resolve(uri)
+    try:
+        with fs.open(path, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(0)
+            stream = gzip.GzipFile(fileobj=fh) if head == b"\x1f\x8b" else fh
+            header = stream.read(8)
+    except (OSError, EOFError) as err:
+        raise DataError(f"{storage.redact(uri)}: cannot read header ({err})") from None
+    if len(header) < 8 or header[:2] != b"\x00\x00" or header[3] != 1:
+        raise DataError(f"{storage.redact(uri)}: not an IDX labels file (bad header)")
+    return struct.unpack(">I", header[4:8])[0]

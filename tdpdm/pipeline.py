@@ -1,0 +1,605 @@
+"""The whole two-stage pipeline on one machine: plan, charge, encode, diffuse, sample, report.
+
+Order matters for privacy: the plan is calibrated and reserved on the ledger from the record
+*count* alone, and only then is the private training split unsealed with the charge's grant.
+Everything after the mechanisms (sampling, decoding, grids) is post-processing. Evaluation reads
+the real train/test splits for the custodian and is labelled as such in the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tdpdm import __version__
+from tdpdm.config import RunConfig
+from tdpdm.data import storage
+from tdpdm.data.catalog import get_spec
+from tdpdm.data.download import ensure_dataset
+from tdpdm.data.loader import load_split
+from tdpdm.data.private import PrivateTrainingSet
+from tdpdm.models.autoencoder import ConvAutoencoder
+from tdpdm.privacy.accountant import compute_epsilon
+from tdpdm.privacy.adjacency import Adjacency
+from tdpdm.privacy.events import event_from_dict, event_to_dict
+from tdpdm.privacy.ledger import Budget, Ledger
+from tdpdm.privacy.session import PrivacySession
+from tdpdm.report.grid import grid_png_bytes
+from tdpdm.report.html import render_report_html
+from tdpdm.report.schema import report_to_json
+from tdpdm.stages.diffuse import train_diffusion
+from tdpdm.stages.dpsgd import DPSGDPlan
+from tdpdm.stages.encode import encode, train_autoencoder
+from tdpdm.stages.latents_io import read_latents, write_latents
+from tdpdm.stages.plan import PrivacyPlan, default_adjacency, plan_diffusion, plan_run
+from tdpdm.stages.release import release_latents
+from tdpdm.stages.sample import generate
+from tdpdm.stages.synthetic_io import write_synthetic
+from tdpdm.telemetry import Telemetry, get_telemetry
+
+Log = Callable[[str], None]
+
+STAGE1_MANIFEST = "stage1.json"
+LATENTS = "latents/latents.parquet"
+AUTOENCODER = "checkpoints/autoencoder.pt"
+DIFFUSION_CKPT = "checkpoints/diffusion.pt"
+
+METRICS_NOTE = (
+    "Metrics are computed against the real training and test splits for the data custodian: "
+    "they are not differentially private and must not be published with the data."
+)
+
+
+@dataclass
+class RunResult:
+    out: str
+    report: dict[str, Any]
+
+    @property
+    def epsilon(self) -> float:
+        return float(self.report["privacy"]["epsilon"])
+
+
+@dataclass
+class _Context:
+    """What every entry point needs before planning: nothing here reads a private record."""
+
+    cfg: RunConfig
+    spec: Any
+    job_id: str
+    data_dir: str
+    ledger: Ledger
+    budget: Budget
+    telemetry: Telemetry
+    log: Log
+    started: float
+
+    @classmethod
+    def start(cls, cfg: RunConfig, log: Log, telemetry: Telemetry | None) -> _Context:
+        started = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        data_dir = ensure_dataset(
+            cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
+        )
+        ledger = Ledger(cfg.ledger)
+        return cls(
+            cfg=cfg,
+            spec=get_spec(cfg.dataset),
+            job_id=cfg.job_id or f"{cfg.dataset}-{cfg.mode}-{uuid.uuid4().hex[:8]}",
+            data_dir=data_dir,
+            ledger=ledger,
+            budget=_budget_for(ledger, cfg, log),
+            telemetry=telemetry or get_telemetry(),
+            log=log,
+            started=started,
+        )
+
+    def begin(self, events: list) -> PrivacySession:
+        """Reserve `events` on the ledger: refused here, ledger untouched, before any read."""
+        session = PrivacySession.begin(self.ledger, self.cfg.dataset, self.job_id, events)
+        self.telemetry.job(self.job_id, "running")
+        _report_budget(self.telemetry, self.ledger, self.cfg.dataset, self.budget)
+        return session
+
+
+@contextlib.contextmanager
+def _charged(ctx: _Context, session: PrivacySession, was_read: Callable[[], bool]):
+    """Settle the charge at what ran; a job that failed before reading anything is cancelled."""
+    try:
+        yield
+    except BaseException as err:
+        if not was_read():
+            session.cancel_unread(note=f"failed before reading any record: {err}")
+        else:
+            session.settle(note=f"failed after reading records: {type(err).__name__}")
+        ctx.telemetry.job(ctx.job_id, "failed")
+        raise
+    session.settle(note=f"completed {ctx.job_id}")
+    _report_budget(ctx.telemetry, ctx.ledger, ctx.cfg.dataset, ctx.budget)
+
+
+def run_pipeline(cfg: RunConfig, log: Log = print, telemetry: Telemetry | None = None) -> RunResult:
+    """Both stages in one job, planned and charged together up front."""
+    ctx = _Context.start(cfg, log, telemetry)
+    records = PrivateTrainingSet(cfg.dataset, ctx.data_dir, cfg.subset, cfg.seed)
+    n = records.n_records()
+    log(
+        f"planning {cfg.mode} run on {n} {cfg.dataset} records: target epsilon {cfg.epsilon:g} "
+        f"at delta {ctx.budget.delta:g} ({ctx.budget.adjacency.value}); calibrating noise ..."
+    )
+    plan = plan_run(cfg, n, ctx.budget.adjacency, ctx.budget.delta)
+    session = ctx.begin(plan.events())
+    stages: list[dict[str, Any]] = []
+    with _charged(ctx, session, lambda: records.reads > 0):
+        autoencoder, latents, labels, info = _stage1(ctx, plan, session, records, stages)
+        denoiser = _stage2(ctx, plan.diffusion, session, latents, labels, stages)
+    return _publish(ctx, autoencoder, denoiser, session.recorded, session, n, info, stages)
+
+
+def run_encode_stage(
+    cfg: RunConfig, log: Log = print, telemetry: Telemetry | None = None
+) -> dict[str, Any]:
+    """Stage 1 alone; writes the autoencoder, the latents and `stage1.json` for `diffuse`.
+
+    In `private` mode stage 1 is calibrated to the whole `cfg.epsilon`; `tdpdm diffuse` then
+    needs a larger target for the two stages together."""
+    ctx = _Context.start(cfg, log, telemetry)
+    records = PrivateTrainingSet(cfg.dataset, ctx.data_dir, cfg.subset, cfg.seed)
+    n = records.n_records()
+    plan = plan_run(cfg, n, ctx.budget.adjacency, ctx.budget.delta, encoder_only=True)
+    session = ctx.begin(plan.events())
+    stages: list[dict[str, Any]] = []
+    with _charged(ctx, session, lambda: records.reads > 0):
+        _stage1(ctx, plan, session, records, stages)
+    bound = compute_epsilon(session.recorded, ctx.budget.delta, ctx.budget.adjacency)
+    manifest = {
+        "dataset": cfg.dataset,
+        "mode": cfg.mode,
+        "job_id": ctx.job_id,
+        "n_records": n,
+        "seed": cfg.seed,
+        "latent_dim": cfg.stage1.latent_dim,
+        "width": cfg.stage1.width,
+        "events": [event_to_dict(e) for e in session.recorded],
+        "guarantee": bound.as_dict(),
+        "stages": stages,
+    }
+    storage.write_bytes_atomic(
+        storage.join(cfg.out, STAGE1_MANIFEST), json.dumps(manifest, indent=2).encode()
+    )
+    return manifest
+
+
+def run_diffuse_stage(
+    cfg: RunConfig, from_dir: str, log: Log = print, telemetry: Telemetry | None = None
+) -> RunResult:
+    """Stage 2 on the output of `run_encode_stage`, then sampling and the report.
+
+    Private latents are sensitive: in `private` mode reading them is charged (DP-SGD calibrated
+    so that stage 1 and stage 2 together meet `cfg.epsilon`)."""
+    manifest = json.loads(storage.read_bytes(storage.join(from_dir, STAGE1_MANIFEST)))
+    for key in ("dataset", "mode"):
+        if manifest[key] != getattr(cfg, key):
+            raise ValueError(
+                f"{from_dir} was encoded for {key} {manifest[key]!r}, not {getattr(cfg, key)!r}"
+            )
+    cfg.stage1.latent_dim, cfg.stage1.width = manifest["latent_dim"], manifest["width"]
+    ctx = _Context.start(cfg, log, telemetry)
+    stage1_events = [event_from_dict(e) for e in manifest["events"]]
+    n = int(manifest["n_records"])
+    autoencoder = ConvAutoencoder(cfg.stage1.latent_dim, cfg.stage1.width)
+    autoencoder.load_state_dict(_load_state(storage.join(from_dir, AUTOENCODER)))
+    latents_uri = storage.join(from_dir, LATENTS)
+    stages: list[dict[str, Any]] = []
+    if cfg.mode == "private":
+        plan2 = plan_diffusion(cfg, n, ctx.budget.adjacency, ctx.budget.delta, stage1_events)
+        session = ctx.begin([plan2.event()])
+        read = [False]
+        with _charged(ctx, session, lambda: read[0]):
+            if not session.grant.is_active():
+                raise PermissionError("private latents need an open ledger charge")
+            latents, labels, _ = read_latents(latents_uri)
+            read[0] = True
+            if len(latents) != n:
+                raise ValueError(f"{latents_uri}: {len(latents)} rows, manifest says {n}")
+            denoiser = _stage2(ctx, plan2, session, latents, labels, stages)
+        events = [*stage1_events, *session.recorded]
+    else:
+        latents, labels, _ = read_latents(latents_uri)  # a DP release: post-processing
+        denoiser = _stage2(ctx, None, None, latents, labels, stages)
+        events, session = stage1_events, None
+    return _publish(ctx, autoencoder, denoiser, events, session, n, {"from": from_dir}, stages)
+
+
+def _publish(
+    ctx: _Context,
+    autoencoder: ConvAutoencoder,
+    denoiser: torch.nn.Module,
+    events: list,
+    session: PrivacySession | None,
+    n: int,
+    latents_info: dict[str, Any],
+    stages: list[dict[str, Any]],
+) -> RunResult:
+    """Post-processing of the DP models (sample, decode, write), then evaluation and report."""
+    cfg, spec = ctx.cfg, ctx.spec
+    t = time.perf_counter()
+    images, labels = generate(
+        denoiser,
+        autoencoder,
+        cfg.evaluation.synthetic_count,
+        num_classes=spec.num_classes,
+        steps=cfg.stage2.sampler_steps,
+        guidance=cfg.stage2.guidance,
+        seed=cfg.seed,
+        device=cfg.device,
+        progress=cfg.progress,
+    )
+    stages.append(
+        {
+            "name": "sample",
+            "wall_time_s": time.perf_counter() - t,
+            "details": {"count": len(images)},
+        }
+    )
+    ctx.telemetry.stage(ctx.job_id, "sample", 1.0)
+
+    bound = compute_epsilon(events, ctx.budget.delta, ctx.budget.adjacency)
+    privacy = _privacy_section(ctx, events, session, bound, n)
+    synthetic_uri = storage.join(cfg.out, "synthetic", "part-0.parquet")
+    write_synthetic(
+        synthetic_uri,
+        images,
+        labels,
+        class_names=list(spec.class_names),
+        guarantee=_parquet_guarantee(privacy, ctx.job_id, cfg.dataset),
+    )
+
+    metrics = _evaluate(cfg, images, labels, ctx.data_dir, stages, ctx.log)
+    report = {
+        "tdpdm_version": __version__,
+        "run_id": ctx.job_id,
+        "dataset": cfg.dataset,
+        "mode": cfg.mode,
+        "n_records": n,
+        "seed": cfg.seed,
+        "wall_time_s": time.perf_counter() - ctx.started,
+        "hardware": hardware(cfg.device),
+        "privacy": privacy,
+        "metrics": metrics,
+        "metrics_note": METRICS_NOTE,
+        "config": cfg.as_dict(),
+        "stages": stages,
+        "latents": latents_info,
+        "artifacts": {
+            "synthetic": "synthetic/part-0.parquet",
+            "samples_png": "samples.png",
+            "report_html": "report.html",
+            "report_json": "report.json",
+            "latents": LATENTS,
+            "autoencoder": AUTOENCODER,
+            "diffusion": DIFFUSION_CKPT,
+        },
+    }
+    grid = grid_png_bytes(
+        images,
+        labels,
+        per_class=10,
+        num_classes=spec.num_classes,
+        class_names=list(spec.class_names),
+    )
+    storage.write_bytes_atomic(storage.join(cfg.out, "samples.png"), grid)
+    storage.write_bytes_atomic(
+        storage.join(cfg.out, "report.json"), report_to_json(report).encode()
+    )
+    html = render_report_html(report, grid_png=grid)
+    storage.write_bytes_atomic(storage.join(cfg.out, "report.html"), html.encode())
+    ctx.telemetry.job(ctx.job_id, "succeeded")
+    return RunResult(cfg.out, report)
+
+
+def _budget_for(ledger: Ledger, cfg: RunConfig, log: Log) -> Budget:
+    budget = ledger.budget(cfg.dataset)
+    if budget is None:
+        adjacency = default_adjacency(cfg.mode)
+        budget = ledger.set_budget(cfg.dataset, cfg.epsilon, cfg.delta, adjacency.value)
+        log(
+            f"no budget for {cfg.dataset} in {ledger.store.location}: set it to {budget.describe()}"
+        )
+    elif budget.delta != cfg.delta:
+        log(
+            f"note: the {cfg.dataset} budget is stated at delta {budget.delta:g}; the run is "
+            f"accounted at that delta, not {cfg.delta:g}"
+        )
+    return budget
+
+
+def _report_budget(telemetry: Telemetry, ledger: Ledger, dataset: str, budget: Budget) -> None:
+    telemetry.privacy(dataset, ledger.spent(dataset).epsilon, budget.epsilon, budget.delta)
+
+
+def _progress(telemetry: Telemetry, job_id: str, stage: str, total: int, batch: int):
+    last = [time.perf_counter(), 0]
+
+    def on_step(step: int, loss: float) -> None:
+        if step % 10 and step != total:
+            return
+        now = time.perf_counter()
+        rate = (step - last[1]) * batch / max(now - last[0], 1e-9)
+        telemetry.step(stage, step - last[1], loss if np.isfinite(loss) else 0.0, rate)
+        telemetry.stage(job_id, stage, step / total)
+        last[:] = [now, step]
+
+    return on_step
+
+
+def _stage1(
+    ctx: _Context,
+    plan: PrivacyPlan,
+    session: PrivacySession,
+    records: PrivateTrainingSet,
+    stages: list[dict[str, Any]],
+):
+    """Read the private records under the charge; train the DP autoencoder; produce latents
+    (a DP release in `released` mode, a sensitive intermediate in `private` mode)."""
+    cfg = ctx.cfg
+    images, labels = records.open(session.grant)
+    t = time.perf_counter()
+    ctx.log(
+        f"stage 1: DP-SGD autoencoder, {plan.encoder.steps} steps, "
+        f"sigma {plan.encoder.noise_multiplier:.3f}, q {plan.encoder.sampling_rate:.4f}"
+    )
+    autoencoder = train_autoencoder(
+        images,
+        cfg.stage1,
+        plan.encoder,
+        session,
+        device=cfg.device,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        on_step=_progress(
+            ctx.telemetry,
+            ctx.job_id,
+            "encoder",
+            plan.encoder.steps,
+            plan.encoder.expected_batch_size,
+        ),
+    )
+    stages.append(
+        {
+            "name": "encoder",
+            "wall_time_s": time.perf_counter() - t,
+            "details": {"steps": plan.encoder.steps},
+        }
+    )
+    _save_model(autoencoder, storage.join(cfg.out, AUTOENCODER))
+
+    t = time.perf_counter()
+    latents = encode(autoencoder, images, cfg.device)
+    if cfg.mode == "released":
+        released = release_latents(
+            latents,
+            labels,
+            num_classes=ctx.spec.num_classes,
+            cfg=cfg.release,
+            event=plan.release_event(),
+            session=session,
+            seed=cfg.seed,
+        )
+        latents, labels = released.latents, released.labels
+        info = {"kind": "dp_release", "noise_std_per_coordinate": released.noise_std}
+        meta = info | {"sensitive": False, "guarantee": _release_guarantee(plan, session)}
+    else:
+        info = {"kind": "sensitive_intermediate"}
+        meta = info | {
+            "sensitive": True,
+            "warning": "private latents: access-controlled, never publish",
+        }
+    write_latents(storage.join(cfg.out, LATENTS), latents, labels, meta, seed=cfg.seed)
+    del images
+    stages.append(
+        {
+            "name": "latents",
+            "wall_time_s": time.perf_counter() - t,
+            "details": {"mode": cfg.mode, "dim": int(latents.shape[1])},
+        }
+    )
+    return autoencoder, latents, labels, info
+
+
+def _stage2(
+    ctx: _Context,
+    plan: DPSGDPlan | None,
+    session: PrivacySession | None,
+    latents: np.ndarray,
+    labels: np.ndarray,
+    stages: list[dict[str, Any]],
+):
+    cfg = ctx.cfg
+    t = time.perf_counter()
+    steps = plan.steps if plan else 0
+    ctx.log(
+        "stage 2: latent diffusion ("
+        + (
+            f"DP-SGD, {steps} steps, sigma {plan.noise_multiplier:.3f}"
+            if plan
+            else "on the DP release"
+        )
+        + ")"
+    )
+    denoiser = train_diffusion(
+        latents,
+        labels,
+        cfg.stage2,
+        num_classes=ctx.spec.num_classes,
+        plan=plan,
+        session=session if plan else None,
+        device=cfg.device,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        on_step=_progress(
+            ctx.telemetry, ctx.job_id, "diffusion", max(steps, 1), cfg.stage2.batch_size
+        ),
+    )
+    stages.append(
+        {
+            "name": "diffusion",
+            "wall_time_s": time.perf_counter() - t,
+            "details": {"dp_sgd": plan is not None, "steps": steps},
+        }
+    )
+    _save_model(denoiser, storage.join(cfg.out, DIFFUSION_CKPT))
+    return denoiser
+
+
+def _save_model(model: torch.nn.Module, uri: str) -> None:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    storage.write_bytes_atomic(uri, buf.getvalue())
+
+
+def _load_state(uri: str) -> dict[str, Any]:
+    try:
+        return torch.load(io.BytesIO(storage.read_bytes(uri)), weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{storage.redact(uri)}: not a readable checkpoint ({err})") from None
+
+
+def _release_guarantee(plan: PrivacyPlan, session: PrivacySession) -> dict[str, Any]:
+    bound = compute_epsilon(session.recorded, plan.delta, plan.adjacency)
+    return bound.as_dict() | {"events": [event_to_dict(e) for e in session.recorded]}
+
+
+def _privacy_section(ctx: _Context, events, session, bound, n: int) -> dict[str, Any]:
+    cfg, ledger, budget = ctx.cfg, ctx.ledger, ctx.budget
+    covered = ["the encoder/decoder weights", "the diffusion model", "the synthetic data set"]
+    if cfg.mode == "released":
+        covered.insert(1, "the released latents (latents/latents.parquet)")
+    statement = (
+        f"({bound.epsilon:.3f}, {bound.delta:g})-differential privacy for each of the {n} "
+        f"training records of {cfg.dataset}, with neighbouring data sets differing by "
+        f"{bound.adjacency.in_words()}. Covered: {', '.join(covered)}; anything computed from "
+        "them alone is post-processing and covered too."
+    )
+    not_covered = [
+        "the number of training records is treated as public (it sets the sampling rate)",
+        "the evaluation metrics and the evaluation classifier: they read the real data",
+        "noise is drawn with torch's default generator (Opacus secure_mode off): floating-point "
+        "side channels are out of scope",
+    ]
+    if cfg.mode == "private":
+        not_covered.insert(
+            0,
+            "latents/latents.parquet: private latents are a sensitive "
+            "intermediate and must not leave the custodian",
+        )
+    else:
+        not_covered.insert(
+            0,
+            "the release is DP only under replace-one adjacency: a record's "
+            "presence (as opposed to its value) is not hidden",
+        )
+    spent = ledger.spent(cfg.dataset)
+    return {
+        "epsilon": bound.epsilon,
+        "delta": bound.delta,
+        "adjacency": bound.adjacency.value,
+        "accountant": bound.accountant,
+        "target_epsilon": cfg.epsilon,
+        "events": [event_to_dict(e) for e in events],
+        "budget": budget.as_dict() | {"spent_epsilon_after_run": spent.epsilon},
+        "charge_id": session.charge.charge_id if session else None,
+        "ledger": storage.redact(cfg.ledger),
+        "statement": statement,
+        "not_covered": not_covered,
+    }
+
+
+def _parquet_guarantee(privacy: dict[str, Any], job_id: str, dataset: str) -> dict[str, Any]:
+    keys = ("epsilon", "delta", "adjacency", "accountant", "events", "statement")
+    return {k: privacy[k] for k in keys} | {"run_id": job_id, "dataset": dataset}
+
+
+def _evaluate(cfg: RunConfig, images, labels, data_dir, stages, log) -> dict[str, Any]:
+    empty = {"accuracy": None, "inception_score": None, "classifier_fd": None, "fid": None}
+    if not cfg.evaluation.enabled:
+        return empty
+    from tdpdm.evaluate.metrics import evaluate_synthetic
+
+    t = time.perf_counter()
+    log("evaluating (reads the real train/test splits; custodian-only metrics) ...")
+    metrics = evaluate_synthetic(
+        images,
+        labels,
+        real_train=load_split(cfg.dataset, data_dir, "train"),
+        real_test=load_split(cfg.dataset, data_dir, "test"),
+        dataset=cfg.dataset,
+        device=cfg.device,
+        seed=cfg.seed,
+        cache_dir=cfg.cache_dir,
+        classifier_epochs=cfg.evaluation.classifier_epochs,
+        evaluator_epochs=cfg.evaluation.evaluator_epochs,
+        inception_weights=cfg.evaluation.inception_weights,
+        inception_sha256=cfg.evaluation.inception_sha256,
+        progress=cfg.progress,
+    )
+    stages.append({"name": "evaluate", "wall_time_s": time.perf_counter() - t, "details": {}})
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}
+
+
+def hardware(device: str) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else cpu
+    return {
+        "device": device,
+        "device_name": name,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def describe(report: dict[str, Any]) -> str:
+    """The lines a person reads at the end of a run."""
+    p, m = report["privacy"], report["metrics"]
+
+    def fmt(v, pct=False):
+        if v is None:
+            return "n/a"
+        return f"{100 * v:.2f} %" if pct else f"{v:.3f}"
+
+    adjacency = Adjacency(p["adjacency"])
+    lines = [
+        f"guarantee: epsilon = {p['epsilon']:.3f} (upper bound), delta = {p['delta']:g}, "
+        f"adjacency = {adjacency.value} ({adjacency.in_words()}); accountant: {p['accountant']}",
+        "mechanisms: " + "; ".join(json.dumps(e, sort_keys=True) for e in p["events"]),
+        f"budget {report['dataset']}: spent {p['budget']['spent_epsilon_after_run']:.3f} of "
+        f"{p['budget']['epsilon']:g}",
+        f"metrics (custodian-only, read real data): accuracy {fmt(m['accuracy'], True)}, "
+        f"IS {fmt(m['inception_score'])}, classifier-FD {fmt(m['classifier_fd'])}, "
+        f"FID {fmt(m['fid'])}",
+        f"wall time: {report['wall_time_s']:.0f} s",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Stage 2, latent diffusion: train the class-conditional denoiser on latents.
+
+`private` mode trains with DP-SGD (through `dpsgd.train_dpsgd`, which charges the ledger);
+`released` mode trains on a DP release, which is post-processing and costs nothing. An EMA of
+the weights is kept either way (a function of DP iterates, so free).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tdpdm.config import Stage2Config
+from tdpdm.models.diffusion import LatentDenoiser, diffusion_loss
+from tdpdm.privacy.session import PrivacySession
+from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
+
+
+class EMA:
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for mine, theirs in zip(self.model.parameters(), model.parameters(), strict=True):
+            mine.lerp_(theirs.detach(), 1 - self.decay)
+
+
+def train_diffusion(
+    latents: np.ndarray,
+    labels: np.ndarray,
+    cfg: Stage2Config,
+    *,
+    num_classes: int,
+    plan: DPSGDPlan | None,
+    session: PrivacySession | None,
+    device: str,
+    seed: int,
+    progress: bool = True,
+    on_step: StepCallback | None = None,
+) -> LatentDenoiser:
+    """DP-SGD when `plan` is given (private latents), plain Adam otherwise (released ones)."""
+    torch.manual_seed(seed)
+    model = LatentDenoiser(latents.shape[1], num_classes, cfg.hidden, cfg.depth).to(device)
+    ema = EMA(model, cfg.ema_decay)
+    x = torch.from_numpy(np.ascontiguousarray(latents)).float()
+    y = torch.from_numpy(np.ascontiguousarray(labels)).long()
+
+    def loss_fn(m: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+        return diffusion_loss(m, batch[0], batch[1], cfg.noise_draws, cfg.label_dropout)
+
+    def after_step(step: int, loss: float) -> None:
+        ema.update(model)
+        if on_step is not None:
+            on_step(step, loss)
+
+    if plan is not None:
+        if session is None:
+            raise ValueError("DP-SGD training needs a privacy session")
+        train_dpsgd(
+            model,
+            [x, y],
+            loss_fn,
+            plan,
+            session,
+            lr=cfg.lr,
+            seed=seed,
+            device=device,
+            on_step=after_step,
+            progress=progress,
+        )
+    else:
+        _train_plain(
+            model,
+            x,
+            y,
+            loss_fn,
+            cfg,
+            seed=seed,
+            device=device,
+            progress=progress,
+            on_step=after_step,
+        )
+    return ema.model
+
+
+def _train_plain(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    cfg: Stage2Config,
+    *,
+    seed: int,
+    device: str,
+    progress: bool,
+    on_step: StepCallback,
+) -> None:
+    """Ordinary minibatch training: only for data that is already a DP release."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    n = len(x)
+    batch = min(cfg.batch_size, n)
+    steps = max(1, math.ceil(cfg.epochs * n / batch))
+    model.train()
+    done = 0
+    with tqdm(
+        total=steps, desc="diffusion (on DP release)", disable=not progress, unit="step"
+    ) as bar:
+        while done < steps:
+            for idx in torch.randperm(n, generator=generator).split(batch):
+                if done >= steps:
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model, [x[idx].to(device), y[idx].to(device)])
+                loss.backward()
+                optimizer.step()
+                done += 1
+                bar.update(1)
+                on_step(done, float(loss.detach()))
+    model.eval()

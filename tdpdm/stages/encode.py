@@ -1,0 +1,83 @@
+"""Stage 1, privacy encoding: train the autoencoder with DP-SGD; encode and decode with it.
+
+Only the *weights* are DP. Encoding the private records again with the trained encoder is a
+new access: in `private` mode its output stays a sensitive intermediate (stage 2 reads it under
+DP-SGD), in `released` mode it goes straight into the Gaussian release (see `release.py`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tdpdm.config import Stage1Config
+from tdpdm.models.autoencoder import ConvAutoencoder
+from tdpdm.privacy.session import PrivacySession
+from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
+
+
+def reconstruction_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """Per-record BCE over pixels, averaged over the batch (Opacus expects a batch mean)."""
+    x = batch[0]
+    per_pixel = F.binary_cross_entropy_with_logits(model(x), x, reduction="none")
+    return per_pixel.mean(dim=(1, 2, 3)).mean()
+
+
+def train_autoencoder(
+    images: np.ndarray,
+    cfg: Stage1Config,
+    plan: DPSGDPlan,
+    session: PrivacySession,
+    *,
+    device: str,
+    seed: int,
+    progress: bool = True,
+    on_step: StepCallback | None = None,
+) -> ConvAutoencoder:
+    torch.manual_seed(seed)
+    model = ConvAutoencoder(latent_dim=cfg.latent_dim, width=cfg.width)
+    train_dpsgd(
+        model,
+        [images_to_tensor(images)],
+        reconstruction_loss,
+        plan,
+        session,
+        lr=cfg.lr,
+        seed=seed,
+        device=device,
+        on_step=on_step,
+        progress=progress,
+    )
+    return model
+
+
+@torch.no_grad()
+def encode(
+    model: ConvAutoencoder, images: np.ndarray, device: str, batch: int = 2048
+) -> np.ndarray:
+    model.eval().to(device)
+    out = [
+        model.encode(images_to_tensor(images[i : i + batch]).to(device)).cpu()
+        for i in range(0, len(images), batch)
+    ]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def decode(
+    model: ConvAutoencoder, latents: np.ndarray, device: str, batch: int = 2048
+) -> np.ndarray:
+    """Latents -> uint8 images (N, 28, 28). Pure post-processing of DP outputs."""
+    model.eval().to(device)
+    out = []
+    for i in range(0, len(latents), batch):
+        z = torch.from_numpy(np.ascontiguousarray(latents[i : i + batch])).float().to(device)
+        out.append(model.decode(z).squeeze(1).cpu())
+    pixels = torch.cat(out).clamp_(0, 1).mul_(255).round_()
+    return pixels.to(torch.uint8).numpy()

@@ -1,0 +1,46 @@
+"""Sampling: latents from the diffusion model, images from the decoder. All post-processing
+of DP outputs; synthetic labels are balanced over classes (no data-dependent proportions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tdpdm.models.autoencoder import ConvAutoencoder
+from tdpdm.models.diffusion import LatentDenoiser, ddim_sample
+from tdpdm.stages.encode import decode
+
+
+def balanced_labels(n: int, num_classes: int, seed: int) -> np.ndarray:
+    labels = np.arange(n) % num_classes
+    return np.random.default_rng(seed).permutation(labels).astype(np.int64)
+
+
+def generate(
+    denoiser: LatentDenoiser,
+    autoencoder: ConvAutoencoder,
+    n: int,
+    *,
+    num_classes: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    device: str,
+    batch: int = 2000,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (n, 28, 28), labels int64 (n,))."""
+    labels = balanced_labels(n, num_classes, seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    denoiser.eval().to(device)
+    chunks = []
+    for i in tqdm(range(0, n, batch), desc="sampling", disable=not progress, unit="batch"):
+        y = torch.from_numpy(labels[i : i + batch]).to(device)
+        chunks.append(
+            ddim_sample(denoiser, y, steps=steps, guidance=guidance, generator=generator)
+            .cpu()
+            .numpy()
+        )
+    latents = np.concatenate(chunks)
+    return decode(autoencoder, latents, device), labels

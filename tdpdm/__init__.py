@@ -1,2 +1,3 @@
 """tdpdm: differentially private synthetic images."""
+
 __version__ = "0.1.0"

@@ -42,6 +42,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         help="serve Prometheus metrics on this port while running",
     )
+    p.add_argument(
+        "--metrics-linger-s",
+        dest="metrics_linger_s",
+        type=float,
+        default=0.0,
+        help="keep serving metrics this many seconds after the run ends, so that "
+        "Prometheus scrapes the final figures of a short batch job",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument(
         "--set",
@@ -90,7 +98,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, _overrides(args))
     _maybe_serve_metrics(cfg.metrics_port)
-    result = run_pipeline(cfg, log=_log)
+    try:
+        result = run_pipeline(cfg, log=_log)
+    finally:
+        _linger(cfg.metrics_port, args.metrics_linger_s)
     print(describe(result.report))
     out = result.out
     print(f"synthetic data: {out}/synthetic/part-0.parquet")
@@ -108,6 +119,14 @@ def _maybe_serve_metrics(port: int | None) -> None:
     bound = telemetry.serve(port)
     set_telemetry(telemetry)
     _log(f"serving Prometheus metrics on :{bound}/metrics")
+
+
+def _linger(port: int | None, seconds: float) -> None:
+    if port is not None and seconds > 0:
+        import time
+
+        _log(f"metrics stay up for {seconds:g} s")
+        time.sleep(seconds)
 
 
 def _cmd_budget(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ class Stage1Config:
     batch_size: int = 512
     lr: float = 2e-3
     max_grad_norm: float = 1.0
+    grad_sample_mode: str = "hooks"
     epsilon_fraction: float = 0.15
     """Share of the run's epsilon given to stage 1 when calibrating (the rest goes to stage 2
     or to the release)."""
@@ -50,9 +51,9 @@ class ReleaseConfig:
 class Stage2Config:
     """Latent diffusion."""
 
-    hidden: int = 384
-    depth: int = 3
-    epochs: float = 60.0
+    hidden: int = 192
+    depth: int = 2
+    epochs: float = 40.0
     batch_size: int = 1024
     lr: float = 2e-3
     max_grad_norm: float = 1.0
@@ -61,6 +62,8 @@ class Stage2Config:
     ema_decay: float = 0.995
     sampler_steps: int = 50
     guidance: float = 1.0
+    grad_sample_mode: str = "hooks"
+    """Opacus per-sample gradients: `hooks` (materialised) or `ghost` (ghost clipping)."""
 
 
 @dataclass
@@ -133,6 +136,12 @@ class RunConfig:
             raise ConfigError(f"stage2.label_dropout must be in [0, 1), got {s2.label_dropout}")
         if not (0 <= s2.ema_decay < 1):
             raise ConfigError(f"stage2.ema_decay must be in [0, 1), got {s2.ema_decay}")
+        for section, stage in (("stage1", s1), ("stage2", s2)):
+            if stage.grad_sample_mode not in ("hooks", "ghost"):
+                raise ConfigError(
+                    f"{section}.grad_sample_mode must be hooks or ghost, got "
+                    f"{stage.grad_sample_mode!r}"
+                )
         if self.evaluation.synthetic_count < 20:
             raise ConfigError("evaluation.synthetic_count must be at least 20")
         return self

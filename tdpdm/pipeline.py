@@ -84,6 +84,7 @@ class _Context:
     telemetry: Telemetry
     log: Log
     started: float
+    budget_is_new: bool = False
 
     @classmethod
     def start(cls, cfg: RunConfig, log: Log, telemetry: Telemetry | None) -> _Context:
@@ -93,13 +94,15 @@ class _Context:
             cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
         )
         ledger = Ledger(cfg.ledger)
+        budget, budget_is_new = _budget_for(ledger, cfg, log)
         return cls(
             cfg=cfg,
             spec=get_spec(cfg.dataset),
             job_id=cfg.job_id or f"{cfg.dataset}-{cfg.mode}-{uuid.uuid4().hex[:8]}",
             data_dir=data_dir,
             ledger=ledger,
-            budget=_budget_for(ledger, cfg, log),
+            budget=budget,
+            budget_is_new=budget_is_new,
             telemetry=telemetry or get_telemetry(),
             log=log,
             started=started,
@@ -107,6 +110,16 @@ class _Context:
 
     def begin(self, events: list) -> PrivacySession:
         """Reserve `events` on the ledger: refused here, ledger untouched, before any read."""
+        if self.budget_is_new:
+            b = self.budget
+            self.budget = self.ledger.set_budget(
+                self.cfg.dataset, b.epsilon, b.delta, b.adjacency.value
+            )
+            self.budget_is_new = False
+            self.log(
+                f"no budget for {self.cfg.dataset} in {self.ledger.store.location}: set it "
+                f"to {self.budget.describe()}"
+            )
         session = PrivacySession.begin(self.ledger, self.cfg.dataset, self.job_id, events)
         self.telemetry.job(self.job_id, "running")
         _report_budget(self.telemetry, self.ledger, self.cfg.dataset, self.budget)
@@ -309,20 +322,21 @@ def _publish(
     return RunResult(cfg.out, report)
 
 
-def _budget_for(ledger: Ledger, cfg: RunConfig, log: Log) -> Budget:
+def _budget_for(ledger: Ledger, cfg: RunConfig, log: Log) -> tuple[Budget, bool]:
+    """The data set's budget, or (not yet written) the one this run would set: (budget, new).
+
+    A new budget is only written when the run's plan is reserved, so a run refused earlier (bad
+    delta, impossible epsilon) leaves the ledger as it found it."""
     budget = ledger.budget(cfg.dataset)
     if budget is None:
         adjacency = default_adjacency(cfg.mode)
-        budget = ledger.set_budget(cfg.dataset, cfg.epsilon, cfg.delta, adjacency.value)
-        log(
-            f"no budget for {cfg.dataset} in {ledger.store.location}: set it to {budget.describe()}"
-        )
-    elif budget.delta != cfg.delta:
+        return Budget(float(cfg.epsilon), float(cfg.delta), adjacency), True
+    if budget.delta != cfg.delta:
         log(
             f"note: the {cfg.dataset} budget is stated at delta {budget.delta:g}; the run is "
             f"accounted at that delta, not {cfg.delta:g}"
         )
-    return budget
+    return budget, False
 
 
 def _report_budget(telemetry: Telemetry, ledger: Ledger, dataset: str, budget: Budget) -> None:

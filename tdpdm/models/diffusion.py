@@ -72,7 +72,7 @@ def diffusion_loss(
     label_dropout: float,
     t_min: float = 0.0,
 ) -> torch.Tensor:
-    """Mean over the batch of each record's eps-prediction MSE averaged over K draws.
+    """Each record's eps-prediction MSE averaged over its K draws, shape (B,).
 
     `t_min` > 0 trains only at noise levels above it (used when x0 itself is noisy)."""
     b = x0.shape[0]
@@ -84,7 +84,7 @@ def diffusion_loss(
     drop = torch.rand(b, device=x0.device) < label_dropout
     y = torch.where(drop, torch.full_like(y, num_classes), y)
     pred = model(xt, t, y)
-    return ((pred - eps) ** 2).mean(dim=(1, 2)).mean()
+    return ((pred - eps) ** 2).mean(dim=(1, 2))
 
 
 @torch.no_grad()

@@ -129,7 +129,7 @@ class PRVDpAccountant(PrivacyAccountant):
         return (float(low), float(est), float(max(up, 0.0)))
 
 
-PRV_MAX_GRID_POINTS = 20_000_000
+PRV_MAX_GRID_POINTS = 3_000_000
 """PRV discretises the privacy loss on a grid; past this it would exhaust memory."""
 
 
@@ -176,6 +176,7 @@ def compute_epsilon(
     live = [e for e in events if not is_empty(e)]
     if not live:
         return EpsilonBound(0.0, delta, adjacency, accountant_name(adjacency))
+    _check_composition_count(live)
     name = accountant_name(adjacency)
     accountant = make_accountant(adjacency)
     accountant.compose(to_dp_event(live))
@@ -185,6 +186,18 @@ def compute_epsilon(
     if math.isnan(epsilon):
         raise ArithmeticError(f"accountant returned NaN for {live}")
     return EpsilonBound(epsilon, delta, adjacency, name)
+
+
+MAX_COMPOSITIONS = 2_000_000
+"""More self-compositions than any real job runs; past it PLD's FFTs can exhaust memory."""
+
+
+def _check_composition_count(events: Sequence[Event]) -> None:
+    total = sum(e.steps if e.kind == "poisson_gaussian" else e.count for e in events)
+    if total > MAX_COMPOSITIONS:
+        raise ValueError(
+            f"{total} composed mechanisms is beyond what tdpdm accounts (max {MAX_COMPOSITIONS})"
+        )
 
 
 def pld_epsilon(
@@ -198,5 +211,6 @@ def pld_epsilon(
     live = [e for e in events if not is_empty(e)]
     if not live:
         return 0.0
+    _check_composition_count(live)
     accountant.compose(to_dp_event(live))
     return float(accountant.get_epsilon(delta))

@@ -243,9 +243,10 @@ class Ledger:
 
         return self._close(charge_id, CANCELLED, note, check)
 
-    def is_open(self, charge_id: str) -> bool:
-        _, _, charge = _find(self.store.read(), charge_id)
-        return charge.status == OPEN
+    def is_open(self, charge_id: str, dataset: str | None = None) -> bool:
+        """Whether the charge is open (and, if `dataset` is given, charged to that data set)."""
+        found_in, _, charge = _find(self.store.read(), charge_id)
+        return charge.status == OPEN and (dataset is None or found_in == dataset)
 
     def _close(self, charge_id: str, status: str, note: str, check=None) -> Charge:
         def apply(doc: Document) -> Charge:

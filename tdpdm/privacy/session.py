@@ -23,7 +23,7 @@ class LedgerGrant:
     charge_id: str
 
     def is_active(self) -> bool:
-        return self.ledger.is_open(self.charge_id)
+        return self.ledger.is_open(self.charge_id, dataset=self.dataset)
 
 
 @dataclass

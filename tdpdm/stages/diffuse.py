@@ -76,6 +76,7 @@ def train_diffusion(
             device=device,
             on_step=after_step,
             progress=progress,
+            grad_sample_mode=cfg.grad_sample_mode,
         )
     else:
         _train_plain(
@@ -120,7 +121,7 @@ def _train_plain(
                 if done >= steps:
                     break
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model, [x[idx].to(device), y[idx].to(device)])
+                loss = loss_fn(model, [x[idx].to(device), y[idx].to(device)]).mean()
                 loss.backward()
                 optimizer.step()
                 done += 1

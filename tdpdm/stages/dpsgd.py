@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from opacus import GradSampleModule
 from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
@@ -80,6 +82,11 @@ class DPSGDPlan:
 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+"""`loss_fn(model, batch)` -> per-record losses, shape (B,)."""
+GRAD_SAMPLE_MODES = ("ghost", "hooks")
+"""`hooks` materialises every per-sample gradient (B x params); `ghost` (Opacus's ghost
+clipping) computes per-sample gradient *norms* from activations and backprops and runs a second,
+reweighted backward pass instead: the same clipped-sum-plus-noise, far less memory traffic."""
 StepCallback = Callable[[int, float], None]
 
 
@@ -96,12 +103,15 @@ def train_dpsgd(
     weight_decay: float = 0.0,
     on_step: StepCallback | None = None,
     progress: bool = True,
+    grad_sample_mode: str = "hooks",
 ) -> nn.Module:
     """Train `model` in place with DP-SGD for exactly `plan.steps` Poisson-sampled steps.
 
-    `loss_fn(model, batch)` returns the batch *mean* of per-record losses. The steps that ran
-    are recorded on `session` even if training fails part way.
+    `loss_fn(model, batch)` returns per-record losses (B,). The steps that ran are recorded on
+    `session` even if training fails part way.
     """
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise DPSGDError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
     n = len(tensors[0])
     rate = plan.expected_batch_size / n
     if not math.isclose(rate, plan.sampling_rate, rel_tol=1e-12):
@@ -110,9 +120,20 @@ def train_dpsgd(
             f"{plan.sampling_rate:.6g}"
         )
     model.to(device).train()
-    gs_model = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    ghost = grad_sample_mode == "ghost"
+    if ghost:
+        gs_model = GradSampleModuleFastGradientClipping(
+            model,
+            batch_first=True,
+            loss_reduction="mean",
+            max_grad_norm=plan.max_grad_norm,
+            use_ghost_clipping=True,
+        )
+    else:
+        gs_model = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     generator = torch.Generator().manual_seed(seed)
-    optimizer = DPOptimizer(
+    optimizer_cls = DPOptimizerFastGradientClipping if ghost else DPOptimizer
+    optimizer = optimizer_cls(
         torch.optim.Adam(gs_model.parameters(), lr=lr, weight_decay=weight_decay),
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
@@ -136,14 +157,17 @@ def train_dpsgd(
                 batch = [b.to(device) for b in batch]
                 optimizer.zero_grad(set_to_none=True)
                 if len(batch[0]) == 0:
-                    _noise_only_step(gs_model)
+                    _noise_only_step(gs_model, ghost)
                     loss_value = float("nan")
                 else:
-                    loss = loss_fn(gs_model, batch)
-                    if not torch.isfinite(loss):
-                        raise DPSGDError(f"{plan.stage}: loss became {loss.item()} at step {done}")
-                    loss.backward()
-                    loss_value = float(loss.detach())
+                    losses = loss_fn(gs_model, batch)
+                    loss_value = float(losses.detach().mean())
+                    if not math.isfinite(loss_value):
+                        raise DPSGDError(f"{plan.stage}: loss became {loss_value} at step {done}")
+                    if ghost:
+                        DPTensorFastGradientClipping(gs_model, optimizer, losses, "mean").backward()
+                    else:
+                        losses.mean().backward()
                 optimizer.step()
                 done += 1
                 bar.update(1)
@@ -159,9 +183,14 @@ def train_dpsgd(
     return model
 
 
-def _noise_only_step(gs_model: GradSampleModule) -> None:
-    """An empty Poisson batch still takes a step: a zero per-sample gradient (norm 0, so
-    clipping leaves it 0) lets the optimizer add exactly the calibrated noise."""
+def _noise_only_step(gs_model: nn.Module, ghost: bool) -> None:
+    """An empty Poisson batch still takes a step: a zero gradient from a phantom record (norm 0,
+    so clipping leaves it 0) lets the optimizer add exactly the calibrated noise."""
     for p in gs_model.parameters():
         if p.requires_grad:
-            p.grad_sample = torch.zeros((1, *p.shape), device=p.device, dtype=p.dtype)
+            if ghost:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((1, *p.shape), device=p.device, dtype=p.dtype)
+    if ghost:
+        gs_model.per_sample_gradient_norms = torch.zeros(1)

@@ -23,10 +23,10 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def reconstruction_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-    """Per-record BCE over pixels, averaged over the batch (Opacus expects a batch mean)."""
+    """Per-record BCE over pixels, shape (B,)."""
     x = batch[0]
     per_pixel = F.binary_cross_entropy_with_logits(model(x), x, reduction="none")
-    return per_pixel.mean(dim=(1, 2, 3)).mean()
+    return per_pixel.mean(dim=(1, 2, 3))
 
 
 def train_autoencoder(
@@ -53,6 +53,7 @@ def train_autoencoder(
         device=device,
         on_step=on_step,
         progress=progress,
+        grad_sample_mode=cfg.grad_sample_mode,
     )
     return model
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import platform
 import time
@@ -56,9 +57,16 @@ AUTOENCODER = "checkpoints/autoencoder.pt"
 DIFFUSION_CKPT = "checkpoints/diffusion.pt"
 
 METRICS_NOTE = (
-    "Metrics are computed against the real training and test splits for the data custodian: "
-    "they are not differentially private and must not be published with the data."
+    "Accuracy: the DPDM CNN trained on the synthetic images (epoch chosen on a synthetic "
+    "validation split) and tested on the real test split. Inception Score and classifier-FD: from "
+    "a CNN trained on the real training split (FD against the real test split). FID needs the "
+    "pytorch-fid Inception weights file."
 )
+
+
+def epsilon_text(epsilon: float) -> str:
+    """Epsilon rounded *up* to 3 decimals: a printed guarantee must never look stronger."""
+    return f"{math.ceil(epsilon * 1000 - 1e-9) / 1000:.3f}"
 
 
 @dataclass
@@ -501,8 +509,8 @@ def _privacy_section(ctx: _Context, events, session, bound, n: int) -> dict[str,
     if cfg.mode == "released":
         covered.insert(1, "the released latents (latents/latents.parquet)")
     statement = (
-        f"({bound.epsilon:.3f}, {bound.delta:g})-differential privacy for each of the {n} "
-        f"training records of {cfg.dataset}, with neighbouring data sets differing by "
+        f"({epsilon_text(bound.epsilon)}, {bound.delta:g})-differential privacy for each of the "
+        f"{n} training records of {cfg.dataset}, with neighbouring data sets differing by "
         f"{bound.adjacency.in_words()}. Covered: {', '.join(covered)}; anything computed from "
         "them alone is post-processing and covered too."
     )
@@ -606,11 +614,11 @@ def describe(report: dict[str, Any]) -> str:
 
     adjacency = Adjacency(p["adjacency"])
     lines = [
-        f"guarantee: epsilon = {p['epsilon']:.3f} (upper bound), delta = {p['delta']:g}, "
+        f"guarantee: epsilon = {epsilon_text(p['epsilon'])} (upper bound), delta = {p['delta']:g}, "
         f"adjacency = {adjacency.value} ({adjacency.in_words()}); accountant: {p['accountant']}",
         "mechanisms: " + "; ".join(json.dumps(e, sort_keys=True) for e in p["events"]),
-        f"budget {report['dataset']}: spent {p['budget']['spent_epsilon_after_run']:.3f} of "
-        f"{p['budget']['epsilon']:g}",
+        f"budget {report['dataset']}: spent "
+        f"{epsilon_text(p['budget']['spent_epsilon_after_run'])} of {p['budget']['epsilon']:g}",
         f"metrics (custodian-only, read real data): accuracy {fmt(m['accuracy'], True)}, "
         f"IS {fmt(m['inception_score'])}, classifier-FD {fmt(m['classifier_fd'])}, "
         f"FID {fmt(m['fid'])}",

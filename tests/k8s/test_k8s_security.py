@@ -243,13 +243,13 @@ def failures(report: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def checkov_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Core kinds of every value set and of k8s/; and the same plus the Ray pods as Pods."""
+    """Core kinds of every value set and of k8s/ (shared-volume/ too); the same plus Ray pods."""
     core_dir = tmp_path_factory.mktemp("checkov-core")
     pod_dir = tmp_path_factory.mktemp("checkov-pods")
     sets = {name: load_docs(render(name)) for name in VALUE_SETS}
     sets["kustomize"] = [
         yaml.safe_load(p.read_text())
-        for p in sorted(KUSTOMIZE_DIR.glob("*.yaml"))
+        for p in sorted(KUSTOMIZE_DIR.rglob("*.yaml"))
         if p.name not in ("kustomization.yaml", "kustomizeconfig.yaml")
     ]
     for name, docs in sets.items():

@@ -10,6 +10,9 @@ import yaml
 from k8s_support import CHART, VALUE_SETS, run_helm, values_file
 
 SCHEMA_ERROR = "values don't meet the specifications of the schema"
+# The one value without a default (the ledger's volume). Every case below starts from it, so that
+# each tests its own mistake; a case may override it (a later --set wins).
+CLAIM = "sharedStorage.existingClaim=tdpdm-shared"
 
 # (--set arguments, what helm's error must say). Each line is a mistake a user could make.
 BAD_VALUES: list[tuple[list[str], list[str]]] = [
@@ -58,12 +61,45 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
         ["rayJob.useExistingCluster needs rayCluster.enabled=true"],
     ),
     (["gpuWorkers.enabled=true", "image.digest=sha256:" + "a" * 64], ["image.gpuDigest is not"]),
+    # The privacy ledger: tdpdm only supports a file (flock + rename), on the shared volume.
+    (
+        ["pipeline.ledger=s3://tdpdm/ledger"],
+        [
+            "pipeline.ledger=s3://tdpdm/ledger: object-store ledgers are not supported yet",
+            'refuses the "s3" scheme',
+            "use a file on sharedStorage, e.g. pipeline.ledger=/mnt/tdpdm/ledger.json",
+        ],
+    ),
+    (
+        ["pipeline.ledger=gs://tdpdm/ledger.json"],
+        ["object-store ledgers are not supported yet", 'refuses the "gs" scheme'],
+    ),
+    (
+        ["sharedStorage.existingClaim="],
+        [
+            "pipeline.ledger=/mnt/tdpdm/ledger.json is a file but sharedStorage.existingClaim is "
+            "empty",
+            "lost with the pod",
+            "overspend the budget",
+        ],
+    ),
+    (
+        ["pipeline.ledger=/tmp/ledger.json"],
+        ["pipeline.ledger=/tmp/ledger.json is not on the shared volume", "(/mnt/tdpdm)"],
+    ),
+    (["pipeline.ledger=/mnt/tdpdm/../ledger.json"], ["is not on the shared volume"]),
+    (["pipeline.ledger=ledger.json"], ["pipeline.ledger=ledger.json is not on the shared volume"]),
+    (["pipeline.ledger=/mnt/tdpdm"], ["is not on the shared volume"]),
+    (
+        ["sharedStorage.mountPath=/data"],
+        ["pipeline.ledger=/mnt/tdpdm/ledger.json is not on the shared volume", "(/data)"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("sets", "messages"), BAD_VALUES, ids=[" ".join(s) for s, _ in BAD_VALUES])
 def test_bad_values_are_rejected_with_a_clear_message(sets: list[str], messages: list[str]) -> None:
-    args = ["template", "tdpdm", str(CHART)]
+    args = ["template", "tdpdm", str(CHART), "--set", CLAIM]
     for item in sets:
         args += ["--set", item]
     proc = run_helm(*args, check=False)
@@ -77,6 +113,8 @@ def test_float_values_given_with_set_are_accepted() -> None:
         "template",
         "tdpdm",
         str(CHART),
+        "--set",
+        CLAIM,
         "--set",
         "rayJob.enabled=true",
         "--set",

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tdpdm.config import load_config  # noqa: E402
-from tdpdm.pipeline import run_pipeline  # noqa: E402
+from tdpdm.pipeline import epsilon_text, run_pipeline  # noqa: E402
 
 FULL = {"subset": None, "evaluation.synthetic_count": 60000, "evaluation.classifier_epochs": 10}
 
@@ -82,7 +82,7 @@ def markdown_row(r: dict[str, Any]) -> str:
         return f"{100 * v:.2f}" if pct else f"{v:.3f}" if isinstance(v, float) else str(v)
 
     return (
-        f"| {r['dataset']} | {r['mode']} | {f(r['epsilon'])} | {r['delta']:g} | {r['adjacency']} "
+        f"| {r['dataset']} | {r['mode']} | {epsilon_text(r['epsilon'])} | {r['delta']:g} | {r['adjacency']} "
         f"| {r['n_records']} | {r['synthetic_count']} | {r['seed']} | {f(r['accuracy'], True)} "
         f"| {f(r['inception_score'])} | {f(r['classifier_fd'])} | {f(r['fid'])} "
         f"| {r['wall_time_s']:.0f} | {r['hardware']} | {r['mechanisms']} | {r['commit']} |"

@@ -3,7 +3,7 @@
 # Prometheus), lint, then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,s3
+bash scripts/setup.sh dev,s3,ray
 if [ ! -x /usr/bin/chromium ]; then
   echo "test: installing Debian chromium (headless report checks)"
   if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi

@@ -82,7 +82,8 @@ def markdown_row(r: dict[str, Any]) -> str:
         return f"{100 * v:.2f}" if pct else f"{v:.3f}" if isinstance(v, float) else str(v)
 
     return (
-        f"| {r['dataset']} | {r['mode']} | {epsilon_text(r['epsilon'])} | {r['delta']:g} | {r['adjacency']} "
+        f"| {r['dataset']} | {r['mode']} | {epsilon_text(r['epsilon'])} | {r['delta']:g} "
+        f"| {r['adjacency']} "
         f"| {r['n_records']} | {r['synthetic_count']} | {r['seed']} | {f(r['accuracy'], True)} "
         f"| {f(r['inception_score'])} | {f(r['classifier_fd'])} | {f(r['fid'])} "
         f"| {r['wall_time_s']:.0f} | {r['hardware']} | {r['mechanisms']} | {r['commit']} |"

@@ -9,7 +9,11 @@ that ran are recorded on the session's ledger charge.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,6 +123,7 @@ def train_dpsgd(
             f"{plan.stage}: sampling rate {rate:.6g} for {n} records differs from the planned "
             f"{plan.sampling_rate:.6g}"
         )
+    keep_freed_memory()
     model.to(device).train()
     ghost = grad_sample_mode == "ghost"
     if ghost:
@@ -181,6 +186,25 @@ def train_dpsgd(
         gs_model._close()
     model.eval()
     return model
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Stop glibc from returning per-sample-gradient buffers to the OS after every step.
+
+    Each DP-SGD step allocates and frees (B x parameters) gradient buffers of 100s of MB; by
+    default glibc maps and unmaps them each time, and the page faults cost as much CPU as the
+    arithmetic (measured: sys time equal to user time, 0.57 s -> 0.35 s per stage-2 step with
+    this). Memory stays at its peak instead. Off with TDPDM_NO_MALLOC_TUNING=1.
+    """
+    if os.environ.get("TDPDM_NO_MALLOC_TUNING") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def _noise_only_step(gs_model: nn.Module, ghost: bool) -> None:

@@ -7,15 +7,13 @@ of the file itself; for `private` latents it marks them a sensitive intermediate
 
 from __future__ import annotations
 
-import io
-import json
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tdpdm.data import storage
+from tdpdm.data.parquet import metadata_json, read_table, write_table
 
 META_KEY = b"tdpdm"
 
@@ -36,25 +34,18 @@ def write_latents(
             "label": pa.array(labels[order].astype(np.int64)),
         }
     )
-    table = table.replace_schema_metadata({META_KEY: json.dumps(metadata).encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes_atomic(uri, buf.getvalue())
+    write_table(uri, table, {META_KEY: metadata})
 
 
 def read_latents(uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    raw = storage.read_bytes(uri)
-    try:
-        table = pq.read_table(io.BytesIO(raw))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ValueError(f"{storage.redact(uri)}: not a readable Parquet file ({err})") from None
+    table = read_table(uri)
     if set(table.column_names) != {"latent", "label"}:
         raise ValueError(f"{storage.redact(uri)}: expected columns latent, label")
     column = table.column("latent").combine_chunks()
     d = column.type.list_size
     latents = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
     labels = table.column("label").to_numpy()
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    meta = metadata_json(table, META_KEY)
     if not np.isfinite(latents).all():
         raise ValueError(f"{storage.redact(uri)}: latents contain NaN or inf")
     return latents.astype(np.float32), labels.astype(np.int64), meta

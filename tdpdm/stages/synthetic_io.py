@@ -8,15 +8,14 @@ Columns: `image` (struct of PNG `bytes` and `path`, the layout of `datasets.Imag
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from tdpdm.data import storage
+from tdpdm.data.parquet import metadata_json, read_table, write_table
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
@@ -51,23 +50,12 @@ def write_synthetic(
         "image": {"_type": "Image"},
         "label": {"_type": "ClassLabel", "names": list(class_names)},
     }
-    meta = {
-        b"huggingface": json.dumps({"info": {"features": features}}).encode(),
-        b"tdpdm": json.dumps(guarantee).encode(),
-    }
-    table = table.replace_schema_metadata(meta)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes_atomic(uri, buf.getvalue())
+    write_table(uri, table, {b"huggingface": {"info": {"features": features}}, b"tdpdm": guarantee})
 
 
 def read_synthetic(uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(images uint8, labels int64, tdpdm metadata) from a synthetic Parquet file."""
-    raw = storage.read_bytes(uri)
-    try:
-        table = pq.read_table(io.BytesIO(raw))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ValueError(f"{storage.redact(uri)}: not a readable Parquet file ({err})") from None
+    table = read_table(uri)
     for column in ("image", "label"):
         if column not in table.column_names:
             raise ValueError(f"{storage.redact(uri)}: no {column!r} column")
@@ -81,7 +69,7 @@ def read_synthetic(uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
                 f"{storage.redact(uri)}: row {i} is not a readable image ({err})"
             ) from None
     labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
-    meta = json.loads((table.schema.metadata or {}).get(b"tdpdm", b"{}"))
+    meta = metadata_json(table, b"tdpdm")
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
         raise ValueError(f"{storage.redact(uri)}: images have mixed shapes {sorted(shapes)}")

@@ -1,0 +1,33 @@
+"""Parquet tables to and from any storage URI, atomically written, with one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tdpdm.data import storage
+
+
+def write_table(uri: str, table: pa.Table, metadata: dict[bytes, Any]) -> None:
+    """Write `table` with JSON-encoded schema `metadata` in one atomic put."""
+    encoded = {key: json.dumps(value).encode() for key, value in metadata.items()}
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(encoded), buf)
+    storage.write_bytes_atomic(uri, buf.getvalue())
+
+
+def read_table(uri: str) -> pa.Table:
+    raw = storage.read_bytes(uri)
+    try:
+        return pq.read_table(io.BytesIO(raw))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{storage.redact(uri)}: not a readable Parquet file ({err})") from None
+
+
+def metadata_json(table: pa.Table, key: bytes) -> dict[str, Any]:
+    """The JSON object stored under `key` in the schema metadata ({} when absent)."""
+    return json.loads((table.schema.metadata or {}).get(key, b"{}"))

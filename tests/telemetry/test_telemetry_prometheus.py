@@ -84,6 +84,9 @@ def render_alert_rules(tmp_path: Path) -> Path:
             "monitoring.prometheusRule.enabled=true",
             "--set",
             "monitoring.prometheusRule.stalledMinutes=1",
+            # The chart requires the ledger's shared volume; the rules do not depend on it.
+            "--set",
+            "sharedStorage.existingClaim=tdpdm-shared",
         ],
         capture_output=True,
         text=True,

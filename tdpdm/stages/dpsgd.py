@@ -108,11 +108,13 @@ def train_dpsgd(
     on_step: StepCallback | None = None,
     progress: bool = True,
     grad_sample_mode: str = "hooks",
+    make_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
 ) -> nn.Module:
     """Train `model` in place with DP-SGD for exactly `plan.steps` Poisson-sampled steps.
 
     `loss_fn(model, batch)` returns per-record losses (B,). The steps that ran are recorded on
-    `session` even if training fails part way.
+    `session` even if training fails part way. `make_optimizer(params, lr=, weight_decay=)`
+    defaults to Adam.
     """
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise DPSGDError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
@@ -139,7 +141,9 @@ def train_dpsgd(
     generator = torch.Generator().manual_seed(seed)
     optimizer_cls = DPOptimizerFastGradientClipping if ghost else DPOptimizer
     optimizer = optimizer_cls(
-        torch.optim.Adam(gs_model.parameters(), lr=lr, weight_decay=weight_decay),
+        (make_optimizer or torch.optim.Adam)(
+            gs_model.parameters(), lr=lr, weight_decay=weight_decay
+        ),
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
         expected_batch_size=plan.expected_batch_size,

@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from typing import BinaryIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 import fsspec
 
@@ -35,17 +35,28 @@ def scheme_of(uri: str) -> str:
 
 
 def redact(uri: str) -> str:
-    """The URI without user-info or query string, which may carry secrets (signed URLs)."""
+    """The URI without user-info or query string, which may carry secrets (signed URLs).
+
+    Cut by hand, never by urlsplit: it raises on some hostile URIs, and a secret holding a
+    literal '/' (AWS secret keys do) would end its netloc early and leave the secret in the path.
+    """
     if not scheme_of(uri):
         return uri
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc and not parts.query and not parts.fragment:
-        return uri  # nothing to hide; urlunsplit would also mangle e.g. memory:///a
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    scheme, _, rest = uri.partition(":")
+    body = rest.split("?", 1)[0].split("#", 1)[0]
+    hidden = len(body) != len(rest)
+    slashes = "//" if body.startswith("//") else ""
+    body = body[len(slashes) :]
+    authority = body.split("/", 1)[0]
+    at = body.rfind("@")
+    if "@" in authority:
+        body, hidden = body[authority.rfind("@") + 1 :], True
+    elif at >= 0 and ":" in body[:at]:  # user:secret/with/slashes@host
+        body, hidden = body[at + 1 :], True
+    return f"{scheme}:{slashes}{body}" if hidden else uri
 
 
-def _scrub(text: object) -> str:
+def scrub_secrets(text: object) -> str:
     """Error text from storage libraries with any credential values from the env removed."""
     out = str(text)
     for name in _SECRET_ENV:
@@ -56,7 +67,7 @@ def _scrub(text: object) -> str:
 
 
 def _fail(uri: str, problem: str, exc: BaseException | None = None) -> DataError:
-    detail = f" ({type(exc).__name__}: {_scrub(exc)})" if exc is not None else ""
+    detail = f" ({type(exc).__name__}: {scrub_secrets(exc)})" if exc is not None else ""
     return DataError(f"{redact(uri)}: {problem}{detail}")
 
 
@@ -74,10 +85,32 @@ def _check_uri(uri: object) -> str:
     return scheme
 
 
+def s3_region() -> str | None:
+    """`AWS_REGION` when `AWS_DEFAULT_REGION` is unset: botocore reads only the latter, while
+    the AWS CLI v2, the other SDKs and container platforms set the former."""
+    if os.environ.get("AWS_DEFAULT_REGION"):
+        return None  # botocore finds it itself
+    return os.environ.get("AWS_REGION") or None
+
+
 def _s3_kwargs() -> dict[str, object]:
-    """Endpoint override for S3-compatible stores (MinIO, Ceph, moto); s3fs reads the rest."""
+    """Endpoint and region overrides for S3-compatible stores (MinIO, Ceph, moto); s3fs (via
+    botocore) reads credentials and everything else from the usual AWS env and config."""
+    client_kwargs: dict[str, object] = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    region = s3_region()
+    if region:
+        client_kwargs["region_name"] = region
+    return {"client_kwargs": client_kwargs} if client_kwargs else {}
+
+
+def _split(uri: str) -> SplitResult:
+    try:
+        return urlsplit(uri)
+    except ValueError as exc:
+        raise DataError(f"{redact(uri)}: malformed URI ({exc})") from None
 
 
 def resolve(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -86,12 +119,12 @@ def resolve(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     if scheme in ("", "file"):
         path = uri
         if scheme == "file":
-            parts = urlsplit(uri)
+            parts = _split(uri)
             if parts.netloc not in ("", "localhost"):
                 raise DataError(f"{redact(uri)}: file:// URIs must not name a remote host")
             path = parts.path
         return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
-    if scheme in ("s3", "gs") and not urlsplit(uri).netloc:
+    if scheme in ("s3", "gs") and not _split(uri).netloc:
         raise DataError(f"{redact(uri)}: URI has no bucket name")
     kwargs = _s3_kwargs() if scheme == "s3" else {}
     try:

@@ -4,7 +4,9 @@ A store offers one operation that matters: `transact(fn)`, which reads the curre
 applies `fn` and writes the result, so that no two writers interleave (a budget is never
 overspent by racing jobs) and a crash leaves either the old or the new document, never a torn
 one. The local store uses an exclusive `flock` on a side file, a temp file, fsync and
-`os.replace`; object-store backends (conditional writes) plug in behind the same interface.
+`os.replace`; the S3 store (`ledger_s3`, imported only when an `s3://` ledger is used) reads the
+object's ETag and writes back with a conditional PUT, retrying when another writer won.
+`fn` may run more than once on the object store: it must change nothing but the document.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def empty_document() -> Document:
     return {"format": "tdpdm-ledger", "version": 1, "datasets": {}}
 
 
-def _parse(raw: bytes, location: str) -> Document:
+def parse_document(raw: bytes, location: str) -> Document:
+    """The ledger document in `raw` (empty means a new ledger); refuses anything else."""
     if not raw.strip():
         return empty_document()
     try:
@@ -69,7 +72,7 @@ class LocalFileStore:
             return empty_document()
         except OSError as err:
             raise LedgerStoreError(f"cannot read ledger {self.location}: {err.strerror}") from None
-        return _parse(raw, self.location)
+        return parse_document(raw, self.location)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -92,8 +95,16 @@ class LocalFileStore:
             self._write(doc)
             return result
 
+    def _remove_orphans(self) -> None:
+        """Delete temp files of writers killed before their rename. Only called under the
+        lock, so no live writer owns one."""
+        for orphan in self.path.parent.glob(f".{self.path.name}.*"):
+            with contextlib.suppress(OSError):
+                orphan.unlink()
+
     def _write(self, doc: Document) -> None:
         data = json.dumps(doc, indent=2, sort_keys=True).encode()
+        self._remove_orphans()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -113,12 +124,17 @@ class LocalFileStore:
 
 
 def open_store(location: str) -> LedgerStore:
-    """A store for a ledger path or URI. Local paths (and file://) are supported here."""
+    """A store for a ledger path or URI: a local path, file://, or s3://bucket/key."""
     if location.startswith("file://"):
         location = location[len("file://") :]
     if "://" in location:
-        scheme = location.split("://", 1)[0]
+        scheme = location.split("://", 1)[0].lower()
+        if scheme == "s3":
+            from tdpdm.privacy.ledger_s3 import ObjectStoreLedgerStore
+
+            return ObjectStoreLedgerStore(location)
         raise LedgerStoreError(
-            f"ledger location scheme {scheme!r} is not supported yet; use a local path"
+            f"ledger location scheme {scheme!r} is not supported; use a local path or "
+            "s3://bucket/key"
         )
     return LocalFileStore(location)

@@ -1,8 +1,9 @@
-"""The privacy ledger in the deployments: a file on the shared ReadWriteMany volume.
+"""The privacy ledger in the deployments: a file on the shared ReadWriteMany volume, or an S3
+object.
 
-tdpdm's ledger store supports local paths only (flock + atomic rename; `open_store` refuses
-`s3://`), so the chart, the plain manifests and the guide must keep the ledger on the volume that
-every Ray pod mounts, and the chart must refuse what the code would refuse at run time.
+tdpdm's ledger store supports local paths (flock + atomic rename) and `s3://bucket/key` objects
+(conditional writes); `open_store` refuses other schemes. The chart must accept both, keep a
+file ledger on the volume every Ray pod mounts, and refuse what the code would refuse at run time.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from k8s_support import (
     values_file,
 )
 
+from tdpdm.privacy.ledger_s3 import ObjectStoreLedgerStore
 from tdpdm.privacy.ledger_store import LedgerStoreError, open_store
 
 SHARED_VOLUME_DIR = KUSTOMIZE_DIR / "shared-volume"
-OBJECT_STORE_LEDGER = "object-store ledgers are not supported yet"
+UNSUPPORTED_LEDGER = "scheme is not supported for the ledger"
 
 
 def merged_values(value_set: str) -> dict:
@@ -94,11 +96,13 @@ def kustomize(directory: Path) -> list[Doc]:
 # ---- the code this is all about ----
 
 
-def test_the_ledger_store_still_refuses_object_store_locations(tmp_path: Path) -> None:
-    """If this starts failing, object-store ledgers exist: relax the chart's check and docs."""
-    for location in ("s3://tdpdm/ledger", "gs://tdpdm/ledger.json"):
-        with pytest.raises(LedgerStoreError, match="not supported yet"):
-            open_store(location)
+def test_the_ledger_store_takes_what_the_chart_takes(tmp_path: Path) -> None:
+    """The chart's checks mirror the code: s3://bucket/key and files yes, gs:// and keyless no."""
+    assert isinstance(open_store("s3://tdpdm/ledger"), ObjectStoreLedgerStore)
+    with pytest.raises(LedgerStoreError, match="not supported"):
+        open_store("gs://tdpdm/ledger.json")
+    with pytest.raises(LedgerStoreError, match="names no object"):
+        open_store("s3://tdpdm/")
     assert open_store(f"file://{tmp_path}/ledger.json").location == f"{tmp_path}/ledger.json"
 
 
@@ -132,8 +136,8 @@ def test_the_default_values_need_a_claim_for_the_ledger() -> None:
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
-@pytest.mark.parametrize("ledger", ["s3://tdpdm/ledger", "gs://tdpdm/ledger.json"])
-def test_an_object_store_ledger_is_refused_in_every_value_set(value_set: str, ledger: str) -> None:
+def test_a_gcs_ledger_is_refused_in_every_value_set(value_set: str) -> None:
+    ledger = "gs://tdpdm/ledger.json"
     proc = run_helm(
         "template",
         "tdpdm",
@@ -145,17 +149,87 @@ def test_an_object_store_ledger_is_refused_in_every_value_set(value_set: str, le
         check=False,
     )
     assert proc.returncode != 0, f"{value_set}: {ledger} accepted"
-    assert f"pipeline.ledger={ledger}: {OBJECT_STORE_LEDGER}" in proc.stderr, proc.stderr
-    assert "use a file on sharedStorage" in proc.stderr
+    assert f'pipeline.ledger={ledger}: the "gs" {UNSUPPORTED_LEDGER}' in proc.stderr, proc.stderr
+    assert "use an s3:// object" in proc.stderr and "a file on sharedStorage" in proc.stderr
 
 
-def test_an_object_store_ledger_is_named_before_the_missing_claim() -> None:
+def test_an_unsupported_ledger_is_named_before_the_missing_claim() -> None:
     """Both are wrong; the message about the scheme is the one that helps."""
     proc = run_helm(
-        "template", "tdpdm", str(CHART), "--set", "pipeline.ledger=s3://tdpdm/ledger", check=False
+        "template", "tdpdm", str(CHART), "--set", "pipeline.ledger=gs://tdpdm/ledger", check=False
     )
     assert proc.returncode != 0
-    assert OBJECT_STORE_LEDGER in proc.stderr, proc.stderr
+    assert UNSUPPORTED_LEDGER in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_an_s3_ledger_renders_in_every_value_set(value_set: str) -> None:
+    """An S3 ledger is shared by every pod and cluster without a volume: accepted everywhere,
+    and passed to the job as given."""
+    ledger = "s3://tdpdm/ledger/ledger.json"
+    proc = run_helm(
+        "template",
+        "tdpdm",
+        str(CHART),
+        "-f",
+        str(values_file(value_set)),
+        "--set",
+        f"pipeline.ledger={ledger}",
+        "--set",
+        "rayJob.enabled=true",
+    )
+    (job,) = [d for d in load_docs(proc.stdout) if d["kind"] == "RayJob"]
+    assert ledger_arg(job["spec"]["entrypoint"]) == ledger
+
+
+def test_an_s3_ledger_needs_no_claim_and_says_so_in_the_notes() -> None:
+    proc = run_helm(
+        "install",
+        "tdpdm",
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
+        "--set",
+        "pipeline.ledger=s3://tdpdm/ledger.json",
+        "--set",
+        "rayJob.enabled=true",
+    )
+    docs = [d for d in load_docs(proc.stdout.split("NOTES:", 1)[0]) if "kind" in d]
+    assert any(d["kind"] == "RayJob" for d in docs)
+    assert all(claim_mounts(t) == {} for _, t in ray_node_templates(docs))  # no volume needed
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "Privacy ledger: s3://tdpdm/ledger.json, an S3 object changed only by conditional" in (
+        notes.replace("\n", " ")
+    )
+    assert "a file on PVC" not in notes
+    assert "tdpdm budget show --ledger s3://tdpdm/ledger.json" in notes
+
+
+@pytest.mark.parametrize("ledger", ["s3://tdpdm", "s3://tdpdm/", "s3://tdpdm/ledgers/"])
+def test_an_s3_ledger_without_a_key_is_refused(ledger: str) -> None:
+    proc = run_helm(
+        "template", "tdpdm", str(CHART), "--set", f"pipeline.ledger={ledger}", check=False
+    )
+    assert proc.returncode != 0, f"{ledger} accepted"
+    assert f"pipeline.ledger={ledger} names no object" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("ledger", ["ledger.json", "runs/ledger.json", "/tmp/ledger.json"])
+def test_a_pod_local_ledger_file_is_still_refused(ledger: str) -> None:
+    """A relative or off-volume path would be a file on the pod's own disk: lost with the pod."""
+    proc = run_helm(
+        "template",
+        "tdpdm",
+        str(CHART),
+        "--set",
+        "sharedStorage.existingClaim=tdpdm-shared",
+        "--set",
+        f"pipeline.ledger={ledger}",
+        check=False,
+    )
+    assert proc.returncode != 0, f"{ledger} accepted"
+    assert f"pipeline.ledger={ledger} is not on the shared volume" in proc.stderr, proc.stderr
 
 
 def test_object_store_data_and_outputs_stay_allowed() -> None:
@@ -299,9 +373,12 @@ def test_readme_own_claim_overlay_builds(tmp_path: Path) -> None:
 
 # ---- documentation ----
 
-# `--ledger s3://bucket`, `ledger: gs://...`, `pipeline.ledger=s3://x`: an object-store ledger
-# given as a value (prose such as "an `s3://` ledger is refused" does not match).
-OBJECT_STORE_LEDGER_USE = re.compile(r"(--ledger[ =]|ledger: *|pipeline\.ledger=)[a-z0-9]+://\w")
+# `--ledger gs://bucket`, `ledger: gs://...`, `pipeline.ledger=gs://x`: a ledger URI of a scheme
+# tdpdm has no store for, given as a value (s3:// and file:// are supported; prose such as
+# "a `gs://` ledger is refused" does not match).
+UNSUPPORTED_LEDGER_USE = re.compile(
+    r"(--ledger[ =]|ledger: *|pipeline\.ledger=)(?!s3://|file://)[a-z0-9]+://\w"
+)
 
 
 @pytest.mark.parametrize(
@@ -316,10 +393,19 @@ OBJECT_STORE_LEDGER_USE = re.compile(r"(--ledger[ =]|ledger: *|pipeline\.ledger=
         "k8s/README.md",
     ],
 )
-def test_no_example_uses_an_object_store_ledger(path: str) -> None:
+def test_no_example_uses_an_unsupported_ledger(path: str) -> None:
     text = (REPO / path).read_text()
-    uses = [m.group(0) for m in OBJECT_STORE_LEDGER_USE.finditer(text) if "file://" not in m[0]]
+    uses = [m.group(0) for m in UNSUPPORTED_LEDGER_USE.finditer(text)]
     assert uses == [], f"{path}: {uses}"
+
+
+def test_guide_explains_the_s3_ledger_and_what_the_store_must_support() -> None:
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    section = guide.split("### The ledger on S3", 1)[1].split("\n## ", 1)[0]
+    for needed in ("If-Match", "If-None-Match: *", "412 PreconditionFailed", "conditional"):
+        assert needed in section, needed
+    assert "tdpdm budget set --ledger s3://" in section
+    assert UNSUPPORTED_LEDGER_USE.search("--ledger gs://tdpdm/l.json")  # the check still bites
 
 
 def test_guide_runs_budget_commands_where_the_volume_is_mounted() -> None:

@@ -61,18 +61,21 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
         ["rayJob.useExistingCluster needs rayCluster.enabled=true"],
     ),
     (["gpuWorkers.enabled=true", "image.digest=sha256:" + "a" * 64], ["image.gpuDigest is not"]),
-    # The privacy ledger: tdpdm only supports a file (flock + rename), on the shared volume.
+    # The privacy ledger: an s3:// object (conditional writes) or a file on the shared volume.
     (
-        ["pipeline.ledger=s3://tdpdm/ledger"],
+        ["pipeline.ledger=s3://tdpdm/"],
         [
-            "pipeline.ledger=s3://tdpdm/ledger: object-store ledgers are not supported yet",
-            'refuses the "s3" scheme',
-            "use a file on sharedStorage, e.g. pipeline.ledger=/mnt/tdpdm/ledger.json",
+            "pipeline.ledger=s3://tdpdm/ names no object",
+            "e.g. pipeline.ledger=s3://BUCKET/tdpdm/ledger.json",
         ],
     ),
     (
         ["pipeline.ledger=gs://tdpdm/ledger.json"],
-        ["object-store ledgers are not supported yet", 'refuses the "gs" scheme'],
+        [
+            'pipeline.ledger=gs://tdpdm/ledger.json: the "gs" scheme is not supported',
+            "use an s3:// object",
+            "a file on sharedStorage, e.g. pipeline.ledger=/mnt/tdpdm/ledger.json",
+        ],
     ),
     (
         ["sharedStorage.existingClaim="],

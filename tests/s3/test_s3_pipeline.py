@@ -1,0 +1,192 @@
+"""The whole pipeline with everything on an S3 endpoint (moto's server on loopback).
+
+The MNIST IDX files are uploaded to a bucket; `tdpdm run` (a real process, the CLI a user runs)
+reads them from there, keeps its ledger there and writes latents, checkpoints, synthetic data and
+the report there. Distinctive fake AWS credentials must appear in no object, log or error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from moto_endpoint import SECRETS
+
+from tdpdm.privacy.ledger import Ledger
+from tdpdm.report.schema import validate_report
+from tdpdm.stages.latents_io import read_latents
+from tdpdm.stages.synthetic_io import read_synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+SUBSET = 1000
+SYNTHETIC = 100
+
+
+def _shared_mnist() -> Path:
+    env = os.environ.get("TDPDM_SHARED_DATASETS")
+    root = Path(env) if env else REPO.parent / "shared" / "datasets"
+    return root / "mnist"
+
+
+def _run_cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "tdpdm.cli", *args],
+        cwd=REPO,
+        env=dict(env, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _tiny_run_args(data_dir: str, out: str, ledger: str, cache: Path) -> list[str]:
+    settings = {
+        "stage1.epochs": 1,
+        "stage1.batch_size": 64,
+        "stage2.epochs": 2,
+        "stage2.batch_size": 64,
+        "evaluation.enabled": "false",
+        "evaluation.synthetic_count": SYNTHETIC,
+        "distributed.backend": "local",
+    }
+    args = ["run", "--dataset", "mnist", "--data-dir", data_dir, "--out", out]
+    args += ["--ledger", ledger, "--mode", "private", "--epsilon", "10", "--delta", "1e-5"]
+    args += ["--subset", str(SUBSET), "--seed", "3", "--cache-dir", str(cache), "--no-progress"]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+@pytest.fixture
+def mnist_in_bucket(s3):
+    source = _shared_mnist()
+    files = sorted(source.glob("*-ubyte.gz"))
+    if len(files) != 4:
+        pytest.skip(f"real MNIST IDX files not found in {source}")
+    for f in files:
+        s3.put(f"datasets/mnist/{f.name}", f.read_bytes())
+    return s3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_pipeline_reads_and_writes_everything_on_s3(mnist_in_bucket, tmp_path: Path) -> None:
+    s3 = mnist_in_bucket
+    out, ledger_uri = s3.uri("runs", "first"), s3.uri("ledgers", "ledger.json")
+    args = _tiny_run_args(s3.uri("datasets"), out, ledger_uri, tmp_path / "cache")
+
+    done = _run_cli(args, {**os.environ, **s3.env}, timeout=840)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = {
+        "runs/first/report.json",
+        "runs/first/report.html",
+        "runs/first/samples.png",
+        "runs/first/synthetic/part-0.parquet",
+        "runs/first/latents/latents.parquet",
+        "runs/first/checkpoints/autoencoder.pt",
+        "runs/first/checkpoints/diffusion.pt",
+        "ledgers/ledger.json",
+    }
+    keys = set(s3.keys())
+    assert expected <= keys, sorted(expected - keys)
+    assert not list(tmp_path.glob("runs*")) and not (REPO / "runs" / "first").exists()
+
+    report = json.loads(s3.get("runs/first/report.json"))
+    validate_report(report)
+    assert report["privacy"]["ledger"] == ledger_uri
+    assert s3.get("runs/first/samples.png").startswith(b"\x89PNG")
+    assert b"<html" in s3.get("runs/first/report.html").lower()
+
+    # Stage-2 input and the published output read back from the bucket with pyarrow.
+    latents, labels, meta = read_latents(s3.uri("runs", "first", "latents", "latents.parquet"))
+    assert latents.shape[0] == labels.shape[0] == SUBSET and meta
+    images, synth_labels, _ = read_synthetic(s3.uri("runs", "first", "synthetic", "part-0.parquet"))
+    assert images.shape == (SYNTHETIC, 28, 28) and len(synth_labels) == SYNTHETIC
+
+    # The ledger on S3 holds this run's settled charge, at the epsilon the report states.
+    ledger = Ledger(ledger_uri)
+    [charge] = ledger.charges("mnist")
+    assert charge.status == "settled" and charge.spent
+    assert ledger.spent("mnist").epsilon == pytest.approx(report["privacy"]["epsilon"], rel=1e-9)
+
+    # No credential anywhere: objects written, the run's output and its logs.
+    for key in sorted(keys):
+        if key.startswith("datasets/"):
+            continue
+        blob = s3.get(key)
+        assert not any(secret.encode() in blob for secret in SECRETS), key
+    assert not any(secret in done.stdout + done.stderr for secret in SECRETS)
+
+
+def test_unreachable_endpoint_is_one_line_and_leaves_the_ledger(s3, tmp_path: Path) -> None:
+    """The ledger (local here) is prepared; the data and outputs are on an endpoint that does
+    not answer. The run fails before planning with one line naming the URI, no credentials,
+    and the ledger file is byte for byte as it was."""
+    ledger_path = tmp_path / "ledger.json"
+    Ledger(str(ledger_path)).set_budget("mnist", 10.0, 1e-5, "add_remove")
+    before = ledger_path.read_bytes()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {**os.environ, **s3.env, "AWS_ENDPOINT_URL": dead, "AWS_ENDPOINT_URL_S3": dead}
+    data_uri = s3.uri("datasets")
+    args = _tiny_run_args(data_uri, s3.uri("runs", "x"), str(ledger_path), tmp_path / "cache")
+    args += ["--set", "download=false"]
+
+    done = _run_cli(args, env, timeout=300)
+
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("tdpdm: error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert data_uri in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not any(secret in done.stdout + done.stderr for secret in SECRETS)
+    assert ledger_path.read_bytes() == before
+    assert s3.keys() == []  # nothing written anywhere
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_stage2_reads_released_latents_back_from_s3(mnist_in_bucket, tmp_path: Path) -> None:
+    """`tdpdm encode` writes the released latents to the bucket; `tdpdm diffuse --from s3://...`
+    (another process) reads them back with pyarrow and publishes there. Stage 2 on released
+    latents is post-processing: the ledger holds the encode charge only."""
+    s3 = mnist_in_bucket
+    env = {**os.environ, **s3.env}
+    ledger_uri = s3.uri("ledgers", "ledger.json")
+    common = ["--mode", "released", "--set", "stage2.released_model=deconvolution"]
+    common += ["--set", "stage2.mixture_iterations=10"]
+
+    encode = _tiny_run_args(s3.uri("datasets"), s3.uri("enc"), ledger_uri, tmp_path / "cache")
+    encode[0] = "encode"
+    encode = [a for a in encode if a != "private"]
+    encode.remove("--mode")
+    done = _run_cli(encode + common, env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "enc/latents/latents.parquet" in s3.keys("enc/")
+    ledger = Ledger(ledger_uri)
+    spent_after_encode = ledger.spent("mnist").epsilon
+
+    diffuse = _tiny_run_args(s3.uri("datasets"), s3.uri("diff"), ledger_uri, tmp_path / "cache")
+    diffuse[0] = "diffuse"
+    diffuse = [a for a in diffuse if a != "private"]
+    diffuse.remove("--mode")
+    done2 = _run_cli([*diffuse, *common, "--from", s3.uri("enc")], env, timeout=600)
+    assert done2.returncode == 0, done2.stderr[-3000:]
+
+    keys = set(s3.keys("diff/"))
+    assert {"diff/report.json", "diff/synthetic/part-0.parquet", "diff/samples.png"} <= keys
+    report = json.loads(s3.get("diff/report.json"))
+    validate_report(report)
+    assert report["privacy"]["adjacency"] == "replace_one"
+    assert ledger.spent("mnist").epsilon == pytest.approx(spent_after_encode, rel=1e-12)
+    assert [c.status for c in ledger.charges("mnist")] == ["settled"]
+    logs = done.stdout + done.stderr + done2.stdout + done2.stderr
+    assert not any(secret in logs for secret in SECRETS)

@@ -9,6 +9,7 @@ dimension, then the items in C order, big-endian.
 
 from __future__ import annotations
 
+import gzip
 import math
 import zlib
 
@@ -43,6 +44,28 @@ def parse_idx(
     file in error messages.
     """
     buf = memoryview(raw)
+    dtype, dims, header_len = _parse_header(buf, source, expect_ndim, max_items)
+    # Python ints: no overflow, and nothing is allocated before the sizes are checked.
+    expected = math.prod(dims) * dtype.itemsize
+    payload = len(buf) - header_len
+    if payload < expected:
+        raise DataError(
+            f"{source}: truncated payload: shape {dims} needs {expected} bytes of data, "
+            f"file has {payload}"
+        )
+    if payload > expected:
+        raise DataError(
+            f"{source}: trailing garbage: {payload - expected} bytes after the {expected} "
+            f"bytes that shape {dims} declares"
+        )
+    arr = np.frombuffer(buf, dtype=dtype, offset=header_len).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _parse_header(
+    buf: memoryview, source: str, expect_ndim: int, max_items: int
+) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, dims, header length) from the start of an IDX blob, every field checked."""
     if len(buf) < 4:
         raise DataError(f"{source}: truncated header ({len(buf)} bytes, IDX needs at least 4)")
     if buf[0] != 0 or buf[1] != 0:
@@ -67,22 +90,29 @@ def parse_idx(
         raise DataError(
             f"{source}: absurd size: declares {dims[0]} items, more than the limit of {max_items}"
         )
-    dtype = IDX_DTYPES[code]
-    # Python ints: no overflow, and nothing is allocated before the sizes are checked.
-    expected = math.prod(dims) * dtype.itemsize
-    payload = len(buf) - header_len
-    if payload < expected:
-        raise DataError(
-            f"{source}: truncated payload: shape {dims} needs {expected} bytes of data, "
-            f"file has {payload}"
-        )
-    if payload > expected:
-        raise DataError(
-            f"{source}: trailing garbage: {payload - expected} bytes after the {expected} "
-            f"bytes that shape {dims} declares"
-        )
-    arr = np.frombuffer(buf, dtype=dtype, offset=header_len).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
+    return IDX_DTYPES[code], dims, header_len
+
+
+def read_idx_header(
+    uri: str, *, expect_ndim: int, max_items: int = 10_000_000
+) -> tuple[np.dtype, tuple[int, ...]]:
+    """(dtype, shape) from an IDX file's header alone, raw or gzip, reading no item.
+
+    A private file's structure (count, shape, dtype) is public, its items are not: this lets a
+    job refuse a malformed data set before it reserves budget or unseals a record.
+    """
+    fs, path = storage.resolve(uri)
+    source = storage.redact(uri)
+    try:
+        with fs.open(path, "rb") as fh:
+            magic = fh.read(2)
+            fh.seek(0)
+            stream = gzip.GzipFile(fileobj=fh) if magic == GZIP_MAGIC else fh
+            header = stream.read(4 + 4 * expect_ndim)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{source}: cannot read the IDX header ({err})") from None
+    dtype, dims, _ = _parse_header(memoryview(header), source, expect_ndim, max_items)
+    return dtype, dims
 
 
 def gunzip_capped(blob: bytes, *, source: str, max_bytes: int = MAX_DECOMPRESSED_BYTES) -> bytes:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tdpdm.data import storage
+from tdpdm.data.errors import DataError
 
 
 def write_table(uri: str, table: pa.Table, metadata: dict[bytes, Any]) -> None:
@@ -24,10 +25,18 @@ def read_table(uri: str) -> pa.Table:
     raw = storage.read_bytes(uri)
     try:
         return pq.read_table(io.BytesIO(raw))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ValueError(f"{storage.redact(uri)}: not a readable Parquet file ({err})") from None
+    except (pa.ArrowException, OSError) as err:
+        # ArrowException covers every Arrow failure on hostile bytes (invalid, not implemented,
+        # capacity, ...); the Parquet footer is untrusted input like the rest of the file.
+        raise DataError(f"{storage.redact(uri)}: not a readable Parquet file ({err})") from None
 
 
-def metadata_json(table: pa.Table, key: bytes) -> dict[str, Any]:
+def metadata_json(table: pa.Table, key: bytes, source: str = "table") -> dict[str, Any]:
     """The JSON object stored under `key` in the schema metadata ({} when absent)."""
-    return json.loads((table.schema.metadata or {}).get(key, b"{}"))
+    try:
+        value = json.loads((table.schema.metadata or {}).get(key, b"{}"))
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise DataError(f"{source}: schema metadata {key.decode()!r} is not a JSON object")
+    return value

@@ -9,16 +9,13 @@ public because it sets the sampling rate. Refusing a plan therefore reads no rec
 
 from __future__ import annotations
 
-import gzip
-import struct
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from tdpdm.data import storage
 from tdpdm.data.catalog import get_spec
 from tdpdm.data.errors import DataError
-from tdpdm.data.loader import find_split_files, load_split
+from tdpdm.data.loader import check_split_headers, load_split
 
 
 class PrivateAccessError(PermissionError):
@@ -54,7 +51,9 @@ class PrivateTrainingSet:
 
     def n_records(self) -> int:
         """Records that training will see: min(subset, file count), from the header only."""
-        total = _labels_count(find_split_files(self.dataset, self.data_dir, "train")[1])
+        # Both headers are checked (dtype, shape, counts), so a malformed data set is refused
+        # here, before any ledger charge; the items themselves stay sealed.
+        total = check_split_headers(self.dataset, self.data_dir, "train")
         if total == 0:
             raise DataError(f"{self.dataset}: the training split at {self.data_dir} is empty")
         return total if self.subset is None else min(self.subset, total)
@@ -80,19 +79,3 @@ class PrivateTrainingSet:
             order.sort()
             images, labels = images[order], labels[order]
         return images, labels
-
-
-def _labels_count(uri: str) -> int:
-    """Item count from an IDX labels header (8 bytes), gzip or raw, without reading records."""
-    fs, path = storage.resolve(uri)
-    try:
-        with fs.open(path, "rb") as fh:
-            head = fh.read(2)
-            fh.seek(0)
-            stream = gzip.GzipFile(fileobj=fh) if head == b"\x1f\x8b" else fh
-            header = stream.read(8)
-    except (OSError, EOFError) as err:
-        raise DataError(f"{storage.redact(uri)}: cannot read header ({err})") from None
-    if len(header) < 8 or header[:2] != b"\x00\x00" or header[3] != 1:
-        raise DataError(f"{storage.redact(uri)}: not an IDX labels file (bad header)")
-    return struct.unpack(">I", header[4:8])[0]

@@ -97,9 +97,16 @@ def calibrate_noise(
         sigma = search(fine, low, high, rel_tol * low)
     # Final pass at the reporting precision: its tighter upper bound usually lets the noise come
     # down a little (a few percent at small targets), and it is the figure that gets reported.
-    low = max(MIN_NOISE, sigma * 0.9)
-    if reported_epsilon(sigma) <= target_epsilon and reported_epsilon(low) > target_epsilon:
-        sigma = search(lambda: make_accountant(adjacency), low, sigma, rel_tol * low)
+    # The search band's wider error can put its root more than 10 % above the reported one
+    # (small targets): step down until the reported bound overshoots, or noise is wasted.
+    low, high = max(MIN_NOISE, sigma * 0.9), sigma
+    if reported_epsilon(high) <= target_epsilon:
+        while low > MIN_NOISE and reported_epsilon(low) <= target_epsilon:
+            low, high = max(MIN_NOISE, low * 0.9), low
+        if reported_epsilon(low) <= target_epsilon:
+            sigma = low
+        else:
+            sigma = search(lambda: make_accountant(adjacency), low, high, rel_tol * low)
     while reported_epsilon(sigma) > target_epsilon:
         sigma *= 1 + rel_tol
     return float(sigma)

@@ -8,6 +8,7 @@ Columns: `image` (struct of PNG `bytes` and `path`, the layout of `datasets.Imag
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from tdpdm.data import storage
+from tdpdm.data.errors import DataError
 from tdpdm.data.parquet import metadata_json, read_table, write_table
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -55,22 +57,64 @@ def write_synthetic(
 
 def read_synthetic(uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(images uint8, labels int64, tdpdm metadata) from a synthetic Parquet file."""
+    source = storage.redact(uri)
     table = read_table(uri)
     for column in ("image", "label"):
         if column not in table.column_names:
-            raise ValueError(f"{storage.redact(uri)}: no {column!r} column")
-    images = []
-    for i, cell in enumerate(table.column("image").to_pylist()):
-        try:
-            with Image.open(io.BytesIO(cell["bytes"])) as im:
-                images.append(np.asarray(im.convert("L")))
-        except Exception as err:
-            raise ValueError(
-                f"{storage.redact(uri)}: row {i} is not a readable image ({err})"
-            ) from None
-    labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
-    meta = metadata_json(table, b"tdpdm")
+            raise DataError(f"{source}: no {column!r} column")
+    if table.num_rows == 0:
+        raise DataError(f"{source}: no rows (an empty synthetic data set)")
+    images = [_decode(blob, source, i) for i, blob in enumerate(_png_cells(table, source))]
+    label_column = table.column("label")
+    if not pa.types.is_integer(label_column.type) or label_column.null_count:
+        raise DataError(f"{source}: column 'label' must be integers without gaps")
+    labels = label_column.to_numpy().astype(np.int64)
+    names = _class_names(table)
+    high = len(names) if names else np.iinfo(np.int64).max
+    if ((labels < 0) | (labels >= high)).any():
+        raise DataError(f"{source}: labels outside [0, {len(names) if names else '...'})")
+    meta = metadata_json(table, b"tdpdm", source)
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise ValueError(f"{storage.redact(uri)}: images have mixed shapes {sorted(shapes)}")
+        raise DataError(f"{source}: images have mixed shapes {sorted(shapes)}")
     return np.stack(images).astype(np.uint8), labels, meta
+
+
+MAX_IMAGE_PIXELS = 1 << 20
+"""Synthetic images are small; a PNG declaring more pixels is a decompression bomb."""
+
+
+def _png_cells(table: pa.Table, source: str) -> list[bytes | None]:
+    """The `bytes` field of the image column only: the `path` strings are never decoded (a
+    damaged file may hold invalid UTF-8 there) and are not needed."""
+    column = table.column("image").combine_chunks()
+    kind = column.type
+    if not (pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0):
+        raise DataError(f"{source}: column 'image' has type {kind}, expected Image structs")
+    blobs = column.field("bytes")
+    if not (pa.types.is_binary(blobs.type) or pa.types.is_large_binary(blobs.type)):
+        raise DataError(f"{source}: image bytes have type {blobs.type}, expected binary")
+    valid = column.is_valid().to_pylist()
+    return [b if ok else None for b, ok in zip(blobs.to_pylist(), valid, strict=True)]
+
+
+def _decode(blob: bytes | None, source: str, row: int) -> np.ndarray:
+    try:
+        if blob is None:
+            raise ValueError("no image")
+        with Image.open(io.BytesIO(blob)) as im:
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{im.size[0]}x{im.size[1]} pixels, over {MAX_IMAGE_PIXELS}")
+            return np.asarray(im.convert("L"))
+    except Exception as err:
+        raise DataError(f"{source}: row {row} is not a readable image ({err})") from None
+
+
+def _class_names(table: pa.Table) -> list[str]:
+    """ClassLabel names from the Hugging Face features metadata, [] when absent or odd."""
+    try:
+        info = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}"))
+        names = info["info"]["features"]["label"]["names"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return []
+    return list(names) if isinstance(names, list) else []

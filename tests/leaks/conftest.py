@@ -1,0 +1,34 @@
+"""Session fixtures for the leak tests: the training subset and one captured run per mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from leak_support import SEED, SUBSET, CapturedRun, run_cli, shared_datasets_root
+
+
+@pytest.fixture(scope="session")
+def training_subset() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, positions) of the records the runs train on.
+
+    The positions repeat `PrivateTrainingSet`'s documented rule (a seeded permutation of record
+    positions, first `subset`, sorted); the test reads the files directly, as the custodian may.
+    """
+    from tdpdm.data.loader import load_split
+
+    root = shared_datasets_root()
+    if not (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real data sets not found at {root}")
+    images, labels = load_split("mnist", str(root / "mnist"), "train")
+    positions = np.sort(np.random.default_rng(SEED).permutation(len(images))[:SUBSET])
+    return images[positions], labels[positions], positions
+
+
+@pytest.fixture(scope="session", params=["private", "released"])
+def captured_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, training_subset
+) -> CapturedRun:
+    root = tmp_path_factory.mktemp(f"leak-{request.param}")
+    run = run_cli(root, shared_datasets_root(), request.param)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dp_accounting import mechanism_calibration
 from dp_accounting.pld import pld_privacy_accountant
 
+from tdpdm.privacy import calibration_cache
 from tdpdm.privacy.accountant import compute_epsilon, make_accountant
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.events import Event, to_dp_event
@@ -82,6 +83,18 @@ def calibrate_noise(
     def coarse(sigma: float) -> float:
         return coarse_accountant().compose(to_dp_event(events_at(sigma))).get_epsilon(delta)
 
+    key = calibration_cache.cache_key(
+        fixed_events,
+        [make_events(1.0), make_events(2.0)],
+        target_epsilon,
+        delta,
+        adjacency.value,
+        rel_tol,
+    )
+    cached = calibration_cache.lookup(key)
+    if cached is not None and reported_epsilon(cached) <= target_epsilon:
+        return cached  # re-checked above with the reporting accountant: never trusted blindly
+
     low, high = _geometric_bracket(coarse, target_epsilon, delta)
     guess = search(coarse_accountant, low, high, 1e-2 * low)
     # The fine root lies close to the coarse one; widen only if it does not.
@@ -109,6 +122,7 @@ def calibrate_noise(
             sigma = search(lambda: make_accountant(adjacency), low, high, rel_tol * low)
     while reported_epsilon(sigma) > target_epsilon:
         sigma *= 1 + rel_tol
+    calibration_cache.store(key, sigma)
     return float(sigma)
 
 

@@ -1,0 +1,51 @@
+"""Helpers for the audit tests (a uniquely named module: `conftest` names clash across folders)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def datasets_root() -> Path:
+    env = os.environ.get("TDPDM_SHARED_DATASETS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+def audit_overrides(root: Path, data_dir: Path, mode: str, epsilon: float) -> dict[str, Any]:
+    """A small audited run: 500 real records, few steps, no evaluation, in this process."""
+    common = {
+        "mode": mode,
+        "dataset": "mnist",
+        "data_dir": str(data_dir),
+        "epsilon": epsilon,
+        "delta": 1e-5,
+        "subset": 500,
+        "seed": 5,
+        "out": str(root / "audit"),
+        "ledger": str(root / "ledger.json"),
+        "cache_dir": str(root / "cache"),
+        "progress": False,
+        "distributed.backend": "local",
+        "stage2.epochs": 1,
+        "stage2.batch_size": 256,
+        "stage2.sampler_steps": 5,
+        "evaluation.enabled": False,
+        "evaluation.synthetic_count": 20,
+    }
+    if mode == "private":
+        return common | {"stage1.epochs": 40, "stage1.batch_size": 64}
+    return common | {"stage1.epochs": 2, "stage1.batch_size": 128}
+
+
+def summary(label: str, audit: dict[str, Any]) -> str:
+    """One line with the figures the audit tests record (run pytest with -s to see them)."""
+    bound = audit["bound"]["best"]
+    return (
+        f"{label}: claimed {audit['claimed']['epsilon']:.3f}, audited "
+        f"{audit['bound']['epsilon_lower_bound']:.3f} ({bound['correct']}/{bound['guesses']} "
+        f"guesses right), AUC {audit['attack']['auc']:.3f}, TPR@1%FPR "
+        f"{audit['attack']['tpr_at_fpr']['0.01']:.3f}"
+    )

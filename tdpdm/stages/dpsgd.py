@@ -1,10 +1,20 @@
 """The one place where DP-SGD runs, and where its steps are charged to the ledger.
 
-Opacus provides the pieces (per-sample gradients, clipping and noise, Poisson sampling); this
-module assembles them explicitly instead of calling `make_private`, so that the sampling rate is
+Opacus provides the pieces (per-sample gradients, clipping and noise; Poisson sampling is
+`PoissonBatches` here, see why there); this module assembles them explicitly instead of calling
+`make_private`, so that the sampling rate is
 *exactly* the one the plan was accounted with (Opacus issue 813: a loader whose length changes
 silently changes the rate) and the step count is exactly the plan's. Whatever happens, the steps
 that ran are recorded on the session's ledger charge.
+
+The same loop runs data-parallel (`distributed=True`, one process per rank of an initialised
+`torch.distributed` group, as Ray Train sets up): records are split once among the ranks and
+each rank Poisson-samples its share at the plan's rate, so the union is exactly one Poisson
+batch at that rate over all records; the logical batch is global. Opacus's distributed optimizer
+adds the noise on rank 0 only, and the per-rank expected batch is the global one over the world
+size, so the all-reduced update is (clipped global sum + N(0, (sigma C)^2)) / global expected
+batch: the single-process mechanism. `TrainingState` snapshots (model, optimizer, step, every
+rank's sampling and noise generator) let a restarted run continue at the exact step.
 """
 
 from __future__ import annotations
@@ -17,19 +27,23 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from opacus import GradSampleModule
-from opacus.data_loader import DPDataLoader
+from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers import (
+    DistributedDPOptimizer,
+    DistributedDPOptimizerFastGradientClipping,
+    DPOptimizer,
+    DPOptimizerFastGradientClipping,
+)
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
-from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from tdpdm.privacy.events import PoissonGaussianEvent
-from tdpdm.privacy.session import PrivacySession
+from tdpdm.privacy.events import Event, PoissonGaussianEvent
 
 
 class DPSGDError(RuntimeError):
@@ -94,12 +108,80 @@ reweighted backward pass instead: the same clipped-sum-plus-noise, far less memo
 StepCallback = Callable[[int, float], None]
 
 
+class StepRecorder(Protocol):
+    """Where the steps that ran are charged: a `PrivacySession` on the process holding the
+    ledger charge; a plain tally on a distributed worker (its driver charges)."""
+
+    def record(self, event: Event) -> None: ...
+
+
+@dataclass
+class TrainingState:
+    """Everything a restarted DP-SGD run needs to continue at step `step` as if never stopped.
+
+    The generator states matter for privacy, not only for reproducibility: a restart that
+    re-seeded would redraw the noise of step 1 at step `step + 1`, i.e. reuse noise."""
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    sampler_rng: list[torch.Tensor]
+    """One per rank, in rank order."""
+    noise_rng: list[torch.Tensor]
+
+    @property
+    def world_size(self) -> int:
+        return len(self.sampler_rng)
+
+
+CheckpointCallback = Callable[[int, TrainingState | None, float], None]
+"""`on_checkpoint(step, state, loss)`: called on *every* rank (collectives run inside); `state`
+is the gathered snapshot on rank 0 and None elsewhere."""
+
+
+class PoissonBatches:
+    """Poisson sampling at `rate`, one batch per step, empty batches included.
+
+    Used instead of Opacus's `DPDataLoader` because its distributed sampler silently skips a
+    rank's empty local batch (the ranks then fall out of step and the batch is no longer a
+    Poisson draw), and because a checkpoint needs the generator state at step granularity. With
+    several ranks, a seeded permutation splits the records once into disjoint shares; every
+    record is still included independently with probability `rate`."""
+
+    def __init__(self, n_records: int, rate: float, *, seed: int, rank: int = 0, world: int = 1):
+        self.rate = rate
+        if world == 1:
+            self.indices = torch.arange(n_records)
+        else:
+            perm = torch.randperm(n_records, generator=torch.Generator().manual_seed(seed))
+            self.indices = perm[rank::world]
+        self.generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)
+
+    def next_batch(self) -> torch.Tensor:
+        """Positions (into the full record set) of the next batch."""
+        mask = torch.rand(len(self.indices), generator=self.generator) < self.rate
+        return self.indices[mask]
+
+
+class _ForwardingDPDDP(DPDDP):
+    """Opacus's DPDDP (weights broadcast from rank 0), but `model.encode(...)` etc. still reach
+    the wrapped model, so a loss function works the same with and without it."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":  # not set yet (construction, unpickling)
+                raise
+            return getattr(self.module, name)
+
+
 def train_dpsgd(
     model: nn.Module,
     tensors: Sequence[torch.Tensor],
     loss_fn: LossFn,
     plan: DPSGDPlan,
-    session: PrivacySession,
+    session: StepRecorder,
     *,
     lr: float,
     seed: int,
@@ -109,12 +191,19 @@ def train_dpsgd(
     progress: bool = True,
     grad_sample_mode: str = "hooks",
     make_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    distributed: bool = False,
+    resume: TrainingState | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> nn.Module:
     """Train `model` in place with DP-SGD for exactly `plan.steps` Poisson-sampled steps.
 
-    `loss_fn(model, batch)` returns per-record losses (B,). The steps that ran are recorded on
-    `session` even if training fails part way. `make_optimizer(params, lr=, weight_decay=)`
-    defaults to Adam.
+    `loss_fn(model, batch)` returns per-record losses (B,). The steps that ran in this call are
+    recorded on `session` even if training fails part way. `make_optimizer(params, lr=,
+    weight_decay=)` defaults to Adam. `distributed`: this process is one rank of an initialised
+    `torch.distributed` group and `tensors` are all records (each rank samples its share).
+    `resume` continues from a snapshot; `on_checkpoint` gets one every `checkpoint_every` steps
+    and after the last step.
     """
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise DPSGDError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
@@ -125,71 +214,141 @@ def train_dpsgd(
             f"{plan.stage}: sampling rate {rate:.6g} for {n} records differs from the planned "
             f"{plan.sampling_rate:.6g}"
         )
+    rank, world = _rank_and_world(distributed)
     keep_freed_memory()
+    if resume is not None:
+        if resume.world_size != world:
+            raise DPSGDError(
+                f"{plan.stage}: checkpoint was taken with {resume.world_size} workers, not {world}"
+            )
+        model.load_state_dict(resume.model)
     model.to(device).train()
+    wrapped: nn.Module = _ForwardingDPDDP(model) if distributed else model
     ghost = grad_sample_mode == "ghost"
     if ghost:
         gs_model = GradSampleModuleFastGradientClipping(
-            model,
+            wrapped,
             batch_first=True,
             loss_reduction="mean",
             max_grad_norm=plan.max_grad_norm,
             use_ghost_clipping=True,
         )
     else:
-        gs_model = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    generator = torch.Generator().manual_seed(seed)
-    optimizer_cls = DPOptimizerFastGradientClipping if ghost else DPOptimizer
+        gs_model = GradSampleModule(wrapped, batch_first=True, loss_reduction="mean")
+    sampler = PoissonBatches(n, plan.sampling_rate, seed=seed, rank=rank, world=world)
+    noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    optimizer_cls = {
+        (False, False): DPOptimizer,
+        (True, False): DPOptimizerFastGradientClipping,
+        (False, True): DistributedDPOptimizer,
+        (True, True): DistributedDPOptimizerFastGradientClipping,
+    }[ghost, distributed]
     optimizer = optimizer_cls(
         (make_optimizer or torch.optim.Adam)(
             gs_model.parameters(), lr=lr, weight_decay=weight_decay
         ),
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
-        expected_batch_size=plan.expected_batch_size,
+        # Per rank, as Opacus's privacy engine does: rank 0's noise over (B / world) summed
+        # over ranks and divided by world is the noise over the global B.
+        expected_batch_size=plan.expected_batch_size / world,
         loss_reduction="mean",
-        generator=torch.Generator(device=device).manual_seed(seed + 1),
+        generator=noise_generator,
     )
-    loader = DPDataLoader(
-        TensorDataset(*tensors), sample_rate=plan.sampling_rate, generator=generator
-    )
-    if loader.sample_rate != plan.sampling_rate:
-        raise DPSGDError(f"{plan.stage}: Opacus changed the sampling rate to {loader.sample_rate}")
+    start = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        sampler.generator.set_state(resume.sampler_rng[rank])
+        noise_generator.set_state(resume.noise_rng[rank])
+        start = resume.step
 
-    done = 0
-    bar = tqdm(total=plan.steps, desc=f"{plan.stage} (DP-SGD)", disable=not progress, unit="step")
+    done = start
+    bar = tqdm(
+        total=plan.steps,
+        initial=start,
+        desc=f"{plan.stage} (DP-SGD)",
+        disable=not progress or rank != 0,
+        unit="step",
+    )
     try:
         while done < plan.steps:
-            for batch in loader:
-                if done >= plan.steps:
-                    break
-                batch = [b.to(device) for b in batch]
-                optimizer.zero_grad(set_to_none=True)
-                if len(batch[0]) == 0:
-                    _noise_only_step(gs_model, ghost)
-                    loss_value = float("nan")
+            positions = sampler.next_batch()
+            batch = [t[positions].to(device) for t in tensors]
+            optimizer.zero_grad(set_to_none=True)
+            if len(batch[0]) == 0:
+                _noise_only_step(gs_model, ghost)
+                loss_value = float("nan")
+            else:
+                losses = loss_fn(gs_model, batch)
+                loss_value = float(losses.detach().mean())
+                if not math.isfinite(loss_value):
+                    raise DPSGDError(f"{plan.stage}: loss became {loss_value} at step {done}")
+                if ghost:
+                    DPTensorFastGradientClipping(gs_model, optimizer, losses, "mean").backward()
                 else:
-                    losses = loss_fn(gs_model, batch)
-                    loss_value = float(losses.detach().mean())
-                    if not math.isfinite(loss_value):
-                        raise DPSGDError(f"{plan.stage}: loss became {loss_value} at step {done}")
-                    if ghost:
-                        DPTensorFastGradientClipping(gs_model, optimizer, losses, "mean").backward()
-                    else:
-                        losses.mean().backward()
-                optimizer.step()
-                done += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                if on_step is not None:
-                    on_step(done, loss_value)
+                    losses.mean().backward()
+            optimizer.step()
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if on_step is not None:
+                on_step(done, loss_value)
+            if on_checkpoint is not None and (
+                done == plan.steps or (checkpoint_every and done % checkpoint_every == 0)
+            ):
+                state = _snapshot(model, optimizer, sampler, noise_generator, done, distributed)
+                on_checkpoint(done, state, loss_value)
     finally:
         bar.close()
-        if done:
-            session.record(plan.event(steps=done))
+        if done > start:
+            session.record(plan.event(steps=done - start))
         gs_model._close()
     model.eval()
     return model
+
+
+def _rank_and_world(distributed: bool) -> tuple[int, int]:
+    if not distributed:
+        return 0, 1
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise DPSGDError("distributed DP-SGD needs an initialised torch.distributed group")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _snapshot(
+    model: nn.Module,
+    optimizer: DPOptimizer,
+    sampler: PoissonBatches,
+    noise_generator: torch.Generator,
+    step: int,
+    distributed: bool,
+) -> TrainingState | None:
+    """Rank 0 gathers every rank's generator states (a collective: all ranks call this)."""
+    rngs = (sampler.generator.get_state(), noise_generator.get_state())
+    if distributed:
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, rngs)
+        if torch.distributed.get_rank() != 0:
+            return None
+    else:
+        gathered = [rngs]
+    return TrainingState(
+        step=step,
+        model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        optimizer=_to_cpu(optimizer.state_dict()),
+        sampler_rng=[g[0] for g in gathered],
+        noise_rng=[g[1] for g in gathered],
+    )
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 @functools.cache

@@ -29,6 +29,12 @@ def reconstruction_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Te
     return per_pixel.mean(dim=(1, 2, 3))
 
 
+def new_autoencoder(cfg: Stage1Config, seed: int) -> ConvAutoencoder:
+    """The initial weights from `seed`: the same on every Ray worker and in-process."""
+    torch.manual_seed(seed)
+    return ConvAutoencoder(latent_dim=cfg.latent_dim, width=cfg.width)
+
+
 def train_autoencoder(
     images: np.ndarray,
     cfg: Stage1Config,
@@ -40,8 +46,7 @@ def train_autoencoder(
     progress: bool = True,
     on_step: StepCallback | None = None,
 ) -> ConvAutoencoder:
-    torch.manual_seed(seed)
-    model = ConvAutoencoder(latent_dim=cfg.latent_dim, width=cfg.width)
+    model = new_autoencoder(cfg, seed)
     train_dpsgd(
         model,
         [images_to_tensor(images)],

@@ -1,8 +1,10 @@
 """DP-SGD step time against a non-private step of the same model and batch, per Opacus
 per-sample-gradient mode, for both stage models. Prints one line per (model, mode).
 
-    python benchmarks/dp_overhead.py                 # CPU
-    python benchmarks/dp_overhead.py --device cuda   # GPU, when there is one
+    python benchmarks/dp_overhead.py                 # CPU, then the GPU when there is one
+    python benchmarks/dp_overhead.py --device cuda   # one device only
+
+GPU timings synchronise the device before reading the clock (kernels are asynchronous).
 
 The DP step is the real one (`tdpdm.stages.dpsgd.train_dpsgd`: Poisson sampling, clipping,
 noise); nothing is charged anywhere (a throw-away session object collects the events).
@@ -67,7 +69,7 @@ def _dp_step_s(model, tensors, loss_fn, batch: int, steps: int, device: str, mod
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="auto", help="cpu, cuda[:i], or auto (cpu + cuda)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--records", type=int, default=8192)
     args = ap.parse_args(argv)
@@ -91,17 +93,32 @@ def main(argv: list[str] | None = None) -> int:
             1024,
         ),
     ]
-    name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
-    print(f"device: {args.device} ({name}), torch threads {torch.get_num_threads()}")
+    if args.device == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = [args.device]
+    if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: torch sees no CUDA device", file=sys.stderr)
+        return 2
+    for device in devices:
+        _bench_device(device, cases, args.steps)
+    return 0
+
+
+def _bench_device(device: str, cases, steps: int) -> None:
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = f"CPU, torch threads {torch.get_num_threads()}"
+    print(f"device: {device} ({name})")
     for label, make, tensors, loss_fn, batch in cases:
-        base = _nonprivate_step_s(make(), tensors, loss_fn, batch, args.steps, args.device)
+        base = _nonprivate_step_s(make(), tensors, loss_fn, batch, steps, device)
         for mode in ("hooks", "ghost"):
-            dp = _dp_step_s(make(), tensors, loss_fn, batch, args.steps, args.device, mode)
+            dp = _dp_step_s(make(), tensors, loss_fn, batch, steps, device, mode)
             print(
-                f"{label:26} batch {batch:5}  non-private {base * 1e3:8.1f} ms  "
+                f"  {label:26} batch {batch:5}  non-private {base * 1e3:8.1f} ms  "
                 f"DP[{mode:5}] {dp * 1e3:8.1f} ms  ratio {dp / base:6.2f}x"
             )
-    return 0
 
 
 if __name__ == "__main__":

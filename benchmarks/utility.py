@@ -3,9 +3,12 @@ result row. `--record` appends it to benchmarks/RESULTS.md and benchmarks/result
 
 Each benchmark run gets a fresh ledger (its own budget = the row's epsilon), so rows are
 independent guarantees; the epsilon printed is the accountant's upper bound for what ran.
+Stage 1 runs in-process (`distributed.backend: local`): a benchmark measures the method on one
+machine and never imports Ray.
 
     python benchmarks/utility.py --dataset mnist --epsilon 10 --mode private --subset 10000
-    python benchmarks/utility.py --full --device cuda ...   # the full protocol (60k, 60k samples)
+    python benchmarks/utility.py --full --dataset mnist --epsilon 10   # one table row on a GPU:
+        # all 60k records, 60k synthetic samples, seeds 0 1 2, device cuda, recorded
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tdpdm.config import load_config  # noqa: E402
+from tdpdm.config import RunConfig, load_config  # noqa: E402
 from tdpdm.pipeline import epsilon_text, run_pipeline  # noqa: E402
+from tdpdm.report.plots import report_variant  # noqa: E402
 
 FULL = {"subset": None, "evaluation.synthetic_count": 60000, "evaluation.classifier_epochs": 10}
+FULL_SEEDS = "0,1,2"
 
 
 def _commit() -> str:
@@ -40,7 +45,24 @@ def _commit() -> str:
         return "unknown"
 
 
-def row_of(report: dict[str, Any]) -> dict[str, Any]:
+def _stage2_text(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    s2 = cfg["stage2"]
+    latent = f"latent_dim={cfg['stage1']['latent_dim']}"
+    mechanism = cfg["stage1"].get("mechanism", "dpsgd-autoencoder")
+    if mechanism != "dpsgd-autoencoder":
+        latent = f"stage1={mechanism}, {latent}"
+    if report["mode"] == "private":
+        return f"stage2=DP-SGD diffusion, {latent}"
+    if s2.get("released_model", "diffusion") == "deconvolution":
+        return (
+            f"stage2=deconvolved mixture ({s2['mixture_components']}/class), {latent}, "
+            f"label_scale={cfg['release']['label_scale']:g}"
+        )
+    return f"stage2=diffusion on the release, {latent}"
+
+
+def row_of(report: dict[str, Any], note: str = "") -> dict[str, Any]:
     p, m, hw = report["privacy"], report["metrics"], report["hardware"]
     mix = ", ".join(
         f"{e['stage']}:{e['kind']}(sigma={e['noise_multiplier']:.3g}"
@@ -59,6 +81,7 @@ def row_of(report: dict[str, Any]) -> dict[str, Any]:
         "delta": p["delta"],
         "adjacency": p["adjacency"],
         "mode": report["mode"],
+        "variant": report_variant(report),
         "n_records": report["n_records"],
         "synthetic_count": report["config"]["evaluation"]["synthetic_count"],
         "seed": report["seed"],
@@ -72,6 +95,7 @@ def row_of(report: dict[str, Any]) -> dict[str, Any]:
         else f"CPU x{hw['cpu_count']} ({hw['device_name']})",
         "mechanisms": mix,
         "commit": _commit(),
+        "notes": "; ".join(x for x in (_stage2_text(report), note) if x),
     }
 
 
@@ -86,7 +110,8 @@ def markdown_row(r: dict[str, Any]) -> str:
         f"| {r['adjacency']} "
         f"| {r['n_records']} | {r['synthetic_count']} | {r['seed']} | {f(r['accuracy'], True)} "
         f"| {f(r['inception_score'])} | {f(r['classifier_fd'])} | {f(r['fid'])} "
-        f"| {r['wall_time_s']:.0f} | {r['hardware']} | {r['mechanisms']} | {r['commit']} |"
+        f"| {r['wall_time_s']:.0f} | {r['hardware']} | {r['mechanisms']} | {r['commit']} "
+        f"| {r.get('notes', '')} |"
     )
 
 
@@ -98,30 +123,66 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="private", choices=["private", "released"])
     ap.add_argument("--subset", default="10000", help="training records, or 'all'")
     ap.add_argument("--synthetic", type=int, help="synthetic samples for the evaluation")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--config", default=str(ROOT / "configs" / "main.yaml"))
+    ap.add_argument(
+        "--seeds", help="comma-separated seeds, one row each (default 0; --full: 0,1,2)"
+    )
+    ap.add_argument("--device", help="cpu or cuda (default cpu; --full: cuda)")
+    ap.add_argument("--note", default="", help="free text stored with the row (e.g. machine load)")
+    ap.add_argument(
+        "--config", help="default: configs/main.yaml, or released.yaml for --mode released"
+    )
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
-    ap.add_argument("--full", action="store_true", help="full protocol: all records, 60k samples")
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="one table row on a GPU: all records, 60k samples, seeds 0,1,2, cuda, --record",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--record", action="store_true", help="append to RESULTS.md/results.jsonl")
     ap.add_argument("--out", help="keep the run's outputs here (default: a temp dir)")
     args = ap.parse_args(argv)
+    device = args.device or ("cuda" if args.full else "cpu")
+    if device.startswith("cuda"):
+        import torch
 
+        if not torch.cuda.is_available():
+            print(f"error: device {device}: torch sees no CUDA device", file=sys.stderr)
+            return 2
+    seeds = [int(x) for x in (args.seeds or (FULL_SEEDS if args.full else "0")).split(",")]
+    for seed in seeds:
+        row = _run_row(args, seed, device)
+        print(json.dumps(row))
+        print(markdown_row(row))
+        if args.record or args.full:
+            _append(row)
+    return 0
+
+
+def _append(row: dict[str, Any]) -> None:
+    with open(ROOT / "benchmarks" / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    with open(ROOT / "benchmarks" / "RESULTS.md", "a") as fh:
+        fh.write(markdown_row(row) + "\n")
+
+
+def _run_row(args: argparse.Namespace, seed: int, device: str) -> dict[str, Any]:
+    """One pipeline run under a fresh ledger whose budget is the row's epsilon."""
     with tempfile.TemporaryDirectory(prefix="tdpdm-bench-") as tmp:
         overrides: dict[str, Any] = {
             "dataset": args.dataset,
             "epsilon": args.epsilon,
             "delta": args.delta,
             "mode": args.mode,
-            "seed": args.seed,
-            "device": args.device,
+            "seed": seed,
+            "device": device,
             "data_dir": args.data_dir,
             "ledger": f"{tmp}/ledger.json",
             "out": args.out or f"{tmp}/out",
             "cache_dir": str(ROOT / ".tdpdm-cache"),
             "subset": None if args.subset == "all" else int(args.subset),
         }
+        if "distributed" in RunConfig.__dataclass_fields__:
+            overrides["distributed.backend"] = "local"
         if args.full:
             overrides |= FULL
         if args.synthetic:
@@ -129,17 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.set:
             key, value = item.split("=", 1)
             overrides[key] = value
-        cfg = load_config(args.config, overrides)
+        default = "released.yaml" if args.mode == "released" else "main.yaml"
+        cfg = load_config(args.config or ROOT / "configs" / default, overrides)
         report = run_pipeline(cfg, log=lambda m: print(m, file=sys.stderr)).report
-    row = row_of(report)
-    print(json.dumps(row))
-    print(markdown_row(row))
-    if args.record:
-        with open(ROOT / "benchmarks" / "results.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as fh:
-            fh.write(markdown_row(row) + "\n")
-    return 0
+    return row_of(report, args.note)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from tdpdm import __version__
 EXIT_USER_ERROR = 2
 EXIT_REFUSED = 3
 EXIT_INTERNAL = 1
+EXIT_AUDIT_REFUTED = 4
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -29,6 +31,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, help="target epsilon of this run")
     p.add_argument("--delta", type=float)
     p.add_argument("--mode", choices=["private", "released"])
+    p.add_argument(
+        "--stage1-mechanism",
+        dest="stage1.mechanism",
+        choices=["dpsgd-autoencoder", "lipschitz-vae"],
+        help="stage-1 privacy mechanism (lipschitz-vae needs --mode released)",
+    )
     p.add_argument("--subset", help="number of training records to use, or 'all'")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda or cuda:N")
@@ -68,6 +76,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "epsilon",
         "delta",
         "mode",
+        "stage1.mechanism",
         "seed",
         "device",
         "ledger",
@@ -160,9 +169,11 @@ def _cmd_budget(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"{args.dataset}: budget {budget.describe()}")
+    # Spent rounded up and remaining down: a printed budget must never look more generous.
+    remaining = max(0.0, budget.epsilon - spent.epsilon)
     print(
-        f"  spent epsilon {spent.epsilon:.3f} ({spent.accountant}); "
-        f"remaining {max(0.0, budget.epsilon - spent.epsilon):.3f}"
+        f"  spent epsilon {math.ceil(spent.epsilon * 1000 - 1e-9) / 1000:.3f} "
+        f"({spent.accountant}); remaining {math.floor(remaining * 1000 + 1e-9) / 1000:.3f}"
     )
     from tdpdm.privacy.ledger import describe_events
 
@@ -258,7 +269,46 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--inception-weights")
     ev.add_argument("--inception-sha256")
     ev.set_defaults(func=_cmd_evaluate)
+
+    audit = sub.add_parser(
+        "audit",
+        help="empirical privacy audit: one charged run with canaries, epsilon lower bound "
+        f"(exit {EXIT_AUDIT_REFUTED} if it exceeds the claimed epsilon)",
+    )
+    _add_run_flags(audit)
+    audit.add_argument("--canaries", type=int, default=1000, help="number of canaries m")
+    audit.add_argument("--confidence", type=float, default=0.95)
+    audit.add_argument("--scorer", help="membership attack (default: the mode's own)")
+    audit.set_defaults(func=_cmd_audit)
     return parser
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from tdpdm.audit.run import run_audit
+    from tdpdm.config import load_config
+
+    cfg = load_config(args.config, _overrides(args))
+    _maybe_serve_metrics(cfg.metrics_port)
+    try:
+        result = run_audit(
+            cfg,
+            canaries=args.canaries,
+            confidence=args.confidence,
+            scorer=args.scorer,
+            log=_log,
+        )
+    finally:
+        _linger(cfg.metrics_port, args.metrics_linger_s)
+    a = result.audit
+    print(a["verdict"])
+    print(
+        f"claimed epsilon {a['claimed']['epsilon']:.3f} (upper bound, delta "
+        f"{a['claimed']['delta']:g}, {a['claimed']['adjacency']}); audited lower bound "
+        f"{result.lower_bound:.3f} at {100 * args.confidence:g} % confidence; attack AUC "
+        f"{a['attack']['auc']:.3f}, TPR at FPR 1 % {a['attack']['tpr_at_fpr']['0.01']:.3f}"
+    )
+    print(f"audit: {result.out}/audit.html  ({result.out}/audit.json)")
+    return EXIT_AUDIT_REFUTED if result.lower_bound > result.claimed else 0
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -271,7 +321,10 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         info = run_encode_stage(cfg, log=_log)
         print(json.dumps(info, indent=2, default=str))
         return 0
-    result = run_diffuse_stage(cfg, Path(args.from_dir).as_posix(), log=_log)
+    from_dir = args.from_dir  # a URI as given: Path() would fold s3://b/x into s3:/b/x
+    if "://" not in from_dir:
+        from_dir = Path(from_dir).as_posix()
+    result = run_diffuse_stage(cfg, from_dir, log=_log)
     print(describe(result.report))
     print(f"report: {result.out}/report.html")
     return 0

@@ -182,6 +182,49 @@ def _view(report: Mapping[str, Any]) -> dict[str, Any]:
         "hardware": [(str(k), fmt_number(v)) for k, v in sorted(hardware.items())],
         "config_json": json.dumps(report["config"], sort_keys=True, indent=2, default=str),
         "artifacts": [(str(k), str(v)) for k, v in sorted(report["artifacts"].items())],
+        "tuning": _tuning_view(report.get("tuning")),
+    }
+
+
+TRIAL_STATUS_WORDS = {
+    "completed": "completed",
+    "stopped_by_asha": "stopped early by ASHA",
+    "refused": "refused: budget (read no data)",
+    "failed": "failed (charged at its full plan)",
+}
+
+
+def _tuning_view(tuning: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The stage-2 search: one row per trial, the chosen one marked."""
+    if not tuning:
+        return None
+    rows = []
+    for t in tuning["trials"]:
+        rows.append(
+            {
+                "trial_id": str(t["trial_id"]),
+                "status": TRIAL_STATUS_WORDS.get(t["status"], t["status"]),
+                "status_code": t["status"],
+                "selected": bool(t.get("selected")),
+                "hyperparameters": ", ".join(
+                    f"{k}={fmt_number(v)}" for k, v in sorted(t["hyperparameters"].items())
+                ),
+                "steps": fmt_number(t.get("steps")),
+                "score": fmt_number(t.get("score")),
+                "events": "; ".join(
+                    f"{r['stage']}: {r['kind']}, sigma {r['noise_multiplier']}, "
+                    f"{r['steps']} step(s)"
+                    for r in (_event_row(e) for e in t["events"])
+                )
+                or "none",
+            }
+        )
+    return {
+        "selected": str(tuning["selected_trial"]),
+        "score": str(tuning["score"]),
+        "requested": fmt_number(tuning.get("trials_requested")),
+        "budgeted": fmt_number(tuning.get("budgeted_trials")),
+        "rows": rows,
     }
 
 

@@ -7,9 +7,11 @@ plotting works headless, in threads and in Ray workers, and never touches global
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Iterable, Mapping
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -31,16 +33,44 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _series_name(row: Mapping[str, Any]) -> str:
+    name = f"{row.get('dataset', '?')} / {row.get('mode', '?')}"
+    return f"{name} ({row['variant']})" if row.get("variant") else name
+
+
 def _series(rows: Iterable[Mapping[str, Any]], key: str) -> dict[str, list[tuple[float, float]]]:
-    """Points (epsilon, value) per "dataset / mode" line; rows lacking either are skipped."""
-    out: dict[str, list[tuple[float, float]]] = {}
+    """Points (epsilon, mean value) per "dataset / mode (variant)" line: rows at the same
+    epsilon (seeds, repeats) are averaged; rows lacking epsilon or the value are skipped."""
+    groups: dict[str, dict[float, list[float]]] = {}
     for row in rows:
         eps, val = _finite(row.get("epsilon")), _finite(row.get(key))
         if eps is None or eps <= 0 or val is None:
             continue
-        name = f"{row.get('dataset', '?')} / {row.get('mode', '?')}"
-        out.setdefault(name, []).append((eps, val))
-    return {k: sorted(v) for k, v in sorted(out.items())}
+        at = groups.setdefault(_series_name(row), {})
+        at.setdefault(round(eps, 2), []).append(val)
+    return {
+        name: sorted((eps, sum(vals) / len(vals)) for eps, vals in at.items())
+        for name, at in sorted(groups.items())
+    }
+
+
+def load_result_rows(path: str | PathLike[str], dataset: str | None = None) -> list[dict]:
+    """Rows of a benchmark `results.jsonl` (one JSON object a line), optionally one data set's.
+    A missing file gives no rows; a malformed line is an error naming its line number."""
+    file = Path(path)
+    if not file.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file}:{number}: not a JSON row ({err.msg})") from None
+        if dataset is None or row.get("dataset") == dataset:
+            rows.append(row)
+    return rows
 
 
 def _subtitle(rows: list[Mapping[str, Any]]) -> str:
@@ -54,14 +84,17 @@ def _subtitle(rows: list[Mapping[str, Any]]) -> str:
     return ", ".join(parts)
 
 
-def privacy_utility_figure(rows: list[Mapping[str, Any]]) -> Figure:
+def privacy_utility_figure(
+    rows: list[Mapping[str, Any]], current: Mapping[str, Any] | None = None
+) -> Figure:
     """Two panels (accuracy, classifier FD) against epsilon on a log axis, a line per mode.
 
     Each row needs ``epsilon`` and may carry ``accuracy``, ``classifier_fd``, ``dataset``,
-    ``mode``, ``delta`` and ``adjacency``; metrics that are None are left out of their panel.
+    ``mode``, ``variant``, ``delta`` and ``adjacency``; metrics that are None are left out of
+    their panel. ``current`` (a row of the same shape) is drawn as a star: "this run".
     """
     rows = list(rows)
-    if not rows:
+    if not rows and current is None:
         raise ValueError("privacy_utility_figure needs at least one row")
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -70,6 +103,19 @@ def privacy_utility_figure(rows: list[Mapping[str, Any]]) -> Figure:
         series = _series(rows, key)
         for name, pts in series.items():
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        here = (_finite(current.get("epsilon")), _finite(current.get(key))) if current else None
+        if here and here[0] and here[0] > 0 and here[1] is not None:
+            ax.scatter(
+                [here[0]],
+                [here[1]],
+                marker="*",
+                s=260,
+                c="crimson",
+                zorder=5,
+                edgecolors="black",
+                label=f"this run ({_series_name(current)})",
+            )
+            series = series or {"this run": []}
         ax.set_xscale("log")
         ax.set_xlabel("epsilon (log scale)")
         ax.set_ylabel(ylabel)
@@ -79,7 +125,7 @@ def privacy_utility_figure(rows: list[Mapping[str, Any]]) -> Figure:
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     title = "Privacy-utility trade-off"
-    if sub := _subtitle(rows):
+    if sub := _subtitle(rows + ([dict(current)] if current else [])):
         title += f" ({sub})"
     fig.suptitle(title)
     return fig
@@ -92,12 +138,47 @@ def png_bytes_of_figure(fig: Figure, *, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def privacy_utility_png(rows: list[Mapping[str, Any]]) -> bytes:
+def privacy_utility_png(
+    rows: list[Mapping[str, Any]], current: Mapping[str, Any] | None = None
+) -> bytes:
     """The privacy-utility figure as PNG bytes."""
-    return png_bytes_of_figure(privacy_utility_figure(rows))
+    return png_bytes_of_figure(privacy_utility_figure(rows, current))
 
 
 def privacy_utility_plot(rows: list[Mapping[str, Any]], path: str | PathLike[str]) -> None:
     """Write the privacy-utility figure to ``path`` (format from the suffix, PNG by default)."""
     fig = privacy_utility_figure(rows)
     fig.savefig(path)
+
+
+def report_variant(report: Mapping[str, Any]) -> str | None:
+    """The stage-2 variant of a run report, to tell apart released-mode methods on a plot."""
+    config = report.get("config", {})
+    mechanism = config.get("stage1", {}).get("mechanism", "dpsgd-autoencoder")
+    stage1 = None if mechanism == "dpsgd-autoencoder" else str(mechanism)
+    if report.get("mode") != "released":
+        return stage1
+    stage2 = str(config.get("stage2", {}).get("released_model", "diffusion"))
+    return f"{stage1} + {stage2}" if stage1 else stage2
+
+
+def report_point(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A run report as a plot row (what `privacy_utility_figure` marks as "this run")."""
+    privacy, metrics = report["privacy"], report.get("metrics", {})
+    return {
+        "dataset": report.get("dataset"),
+        "mode": report.get("mode"),
+        "variant": report_variant(report),
+        "epsilon": privacy.get("epsilon"),
+        "delta": privacy.get("delta"),
+        "adjacency": privacy.get("adjacency"),
+        "accuracy": metrics.get("accuracy"),
+        "classifier_fd": metrics.get("classifier_fd"),
+    }
+
+
+def run_privacy_utility_png(report: Mapping[str, Any], results: str | PathLike[str]) -> bytes:
+    """The benchmark rows of the run's data set (from `results`, if present) with the run
+    itself starred: where this run sits on the measured trade-off."""
+    rows = load_result_rows(results, report.get("dataset"))
+    return privacy_utility_png(rows, current=report_point(report))

@@ -205,6 +205,40 @@ def _check_stages(stages: list[Any]) -> None:
             raise ValueError(f"report field '{where}.details' must be dict")
 
 
+TRIAL_STATUSES = ("completed", "stopped_by_asha", "refused", "failed")
+
+
+def _check_tuning(tuning: Any) -> None:
+    """The optional stage-2 search: every trial with its status and what it spent."""
+    if not isinstance(tuning, Mapping):
+        raise ValueError(f"report field 'tuning' must be dict, got {type(tuning).__name__}")
+    _check_typed(tuning, {"trials": _LIST, "selected_trial": _STR, "score": _STR}, "tuning.")
+    ids = set()
+    for i, trial in enumerate(tuning["trials"]):
+        where = f"tuning.trials[{i}]"
+        if not isinstance(trial, Mapping):
+            raise ValueError(f"report field '{where}' must be dict, got {type(trial).__name__}")
+        fields = {"trial_id": _STR, "status": _STR, "hyperparameters": _DICT, "events": _LIST}
+        _check_typed(trial, fields, where + ".")
+        if trial["status"] not in TRIAL_STATUSES:
+            raise ValueError(
+                f"report field '{where}.status' must be one of {TRIAL_STATUSES}, got "
+                f"{trial['status']!r}"
+            )
+        if trial["status"] == "refused" and trial["events"]:
+            raise ValueError(f"report field '{where}.events' must be empty for a refused trial")
+        for j, event in enumerate(trial["events"]):
+            try:
+                _check_event(event, j)
+            except ValueError as err:
+                raise ValueError(str(err).replace("privacy.events", f"{where}.events")) from None
+        ids.add(trial["trial_id"])
+    if tuning["selected_trial"] not in ids:
+        raise ValueError(
+            f"report field 'tuning.selected_trial' ({tuning['selected_trial']!r}) is not a trial"
+        )
+
+
 def validate_report(report: Mapping[str, Any]) -> None:
     """Raise ValueError, one line naming the field, unless ``report`` meets the contract."""
     if not isinstance(report, Mapping):
@@ -226,6 +260,8 @@ def validate_report(report: Mapping[str, Any]) -> None:
         )
     _check_metrics(report["metrics"])
     _check_stages(report["stages"])
+    if report.get("tuning") is not None:
+        _check_tuning(report["tuning"])
 
 
 def _json_default(obj: Any) -> Any:

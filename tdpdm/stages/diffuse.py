@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -46,8 +47,11 @@ def train_diffusion(
     seed: int,
     progress: bool = True,
     on_step: StepCallback | None = None,
+    on_ema: Callable[[int, nn.Module], None] | None = None,
 ) -> LatentDenoiser:
-    """DP-SGD when `plan` is given (private latents), plain Adam otherwise (released ones)."""
+    """DP-SGD when `plan` is given (private latents), plain Adam otherwise (released ones).
+
+    `on_ema(step, ema_model)` runs after every step (Tune scores the EMA model mid-run)."""
     torch.manual_seed(seed)
     model = LatentDenoiser(latents.shape[1], num_classes, cfg.hidden, cfg.depth).to(device)
     ema = EMA(model, cfg.ema_decay)
@@ -61,6 +65,8 @@ def train_diffusion(
         ema.update(model)
         if on_step is not None:
             on_step(step, loss)
+        if on_ema is not None:
+            on_ema(step, ema.model)
 
     if plan is not None:
         if session is None:

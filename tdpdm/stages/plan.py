@@ -18,6 +18,7 @@ from tdpdm.privacy.events import Event, GaussianEvent
 from tdpdm.stages.dpsgd import DPSGDPlan
 
 ENCODER, DIFFUSION, RELEASE = "encoder", "diffusion", "latent_release"
+LIPSCHITZ_VAE, LIPSCHITZ_RELEASE = "lipschitz_vae", "lipschitz_release"
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,12 @@ class PrivacyPlan:
     encoder: DPSGDPlan
     diffusion: DPSGDPlan | None = None
     release_noise: float | None = None
+    release_stage: str = RELEASE
 
     def release_event(self) -> GaussianEvent:
         if self.release_noise is None:
             raise ValueError("this plan has no release")
-        return GaussianEvent(noise_multiplier=self.release_noise, count=1, stage=RELEASE)
+        return GaussianEvent(noise_multiplier=self.release_noise, count=1, stage=self.release_stage)
 
     def events(self) -> list[Event]:
         events: list[Event] = [self.encoder.event()]
@@ -82,10 +84,16 @@ def plan_run(
     stage 2 is then planned later by `plan_diffusion` against what stage 1 spent."""
     check_feasible(cfg, n_records, adjacency, delta)
     s1 = cfg.stage1
+    # `lipschitz-vae` (released mode only, see config): the same two mechanisms, DP-SGD of the
+    # VAE then one Gaussian release, under their own stage names (stages/lipschitz_release.py).
+    lipschitz = s1.mechanism == "lipschitz-vae"
+    encoder_stage, release_stage = (
+        (LIPSCHITZ_VAE, LIPSCHITZ_RELEASE) if lipschitz else (ENCODER, RELEASE)
+    )
 
     def encoder(sigma: float) -> DPSGDPlan:
         return DPSGDPlan.from_epochs(
-            ENCODER,
+            encoder_stage,
             n_records=n_records,
             batch_size=s1.batch_size,
             epochs=s1.epochs,
@@ -98,16 +106,24 @@ def plan_run(
     enc = encoder(sigma1)
     if cfg.mode == "released":
         sigma_r = calibrate_noise(
-            lambda s: [GaussianEvent(noise_multiplier=s, stage=RELEASE)],
+            lambda s: [GaussianEvent(noise_multiplier=s, stage=release_stage)],
             cfg.epsilon,
             delta,
             adjacency,
             fixed_events=[enc.event()],
         )
         return PrivacyPlan(
-            cfg.mode, adjacency, cfg.epsilon, delta, n_records, enc, release_noise=sigma_r
+            cfg.mode,
+            adjacency,
+            cfg.epsilon,
+            delta,
+            n_records,
+            enc,
+            release_noise=sigma_r,
+            release_stage=release_stage,
         )
-    if encoder_only:
+    if encoder_only or cfg.tune.trials:
+        # With a stage-2 search each trial is planned and charged on its own (distributed/).
         return PrivacyPlan(cfg.mode, adjacency, cfg.epsilon, delta, n_records, enc)
     diff = plan_diffusion(cfg, n_records, adjacency, delta, [enc.event()])
     return PrivacyPlan(cfg.mode, adjacency, cfg.epsilon, delta, n_records, enc, diffusion=diff)

@@ -1,10 +1,12 @@
 """`released` mode: one Gaussian release of each record's [latent, label] vector.
 
-Each record's vector v = [z / sqrt(d), label_scale * onehot(y)] is clipped to norm C and
-released once with N(0, (sigma C)^2) noise per coordinate. The label rides inside the same
-mechanism (a clean label next to a noisy latent would break the guarantee) and is read back as
-the arg-max of the noisy one-hot part, which is post-processing. The release is DP only under
-replace-one adjacency (sensitivity 2C, the record count public); the accountant handles that.
+Each record's vector is v = C * [sqrt(1 - l^2) * z / sqrt(d), l * onehot(y)] with l the
+`label_scale` in (0, 1): the tanh latent z lies in [-1, 1]^d, so |v| <= C by construction and
+the public scales can be undone exactly (v is still clipped to C, so the guarantee never rests
+on the encoder's output range). v is released once with N(0, (sigma C)^2) noise per coordinate.
+The label rides inside the same mechanism (a clean label next to a noisy latent would break the
+guarantee); stage 2 reads it back from the noisy one-hot part, which is post-processing. The
+release is DP only under replace-one adjacency (sensitivity 2C, record count public).
 """
 
 from __future__ import annotations
@@ -22,13 +24,29 @@ from tdpdm.privacy.session import PrivacySession
 @dataclass(frozen=True)
 class ReleasedLatents:
     latents: np.ndarray
-    """(N, d) noisy latent estimates on the encoder's scale."""
+    """(N, d) noisy latent estimates on the encoder's scale (z + noise)."""
+    label_vectors: np.ndarray
+    """(N, classes) noisy one-hot labels on the one-hot scale (onehot(y) + noise)."""
     labels: np.ndarray
-    """(N,) labels decoded from the noisy one-hot part."""
-    vectors: np.ndarray
-    """(N, d + classes) the released vectors themselves."""
+    """(N,) arg-max of `label_vectors` (a poor per-record label: stage 2 should not trust it)."""
     noise_std: float
-    """Per-coordinate noise std on `latents` (known, public: needed by noise-aware stage 2)."""
+    """Per-coordinate noise std on `latents` (public: needed by noise-aware stage 2)."""
+    label_noise_std: float
+    """Per-coordinate noise std on `label_vectors`."""
+
+    def metadata(self) -> dict[str, float]:
+        return {
+            "noise_std_per_coordinate": self.noise_std,
+            "label_noise_std_per_coordinate": self.label_noise_std,
+        }
+
+
+def release_scales(latent_dim: int, cfg: ReleaseConfig) -> tuple[float, float]:
+    """(latent scale, label scale): the factors mapping z and onehot(y) into the vector v."""
+    if not 0.0 < cfg.label_scale < 1.0:
+        raise ValueError(f"release.label_scale must be in (0, 1), got {cfg.label_scale}")
+    latent = cfg.clip_norm * math.sqrt(1.0 - cfg.label_scale**2) / math.sqrt(latent_dim)
+    return latent, cfg.clip_norm * cfg.label_scale
 
 
 def release_latents(
@@ -42,18 +60,21 @@ def release_latents(
     seed: int,
 ) -> ReleasedLatents:
     n, d = latents.shape
+    latent_scale, label_scale = release_scales(d, cfg)
     onehot = np.zeros((n, num_classes), dtype=np.float64)
-    onehot[np.arange(n), labels] = cfg.label_scale
-    vectors = np.concatenate([latents.astype(np.float64) / math.sqrt(d), onehot], axis=1)
+    onehot[np.arange(n), labels] = label_scale
+    vectors = np.concatenate([latents.astype(np.float64) * latent_scale, onehot], axis=1)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors *= np.minimum(1.0, cfg.clip_norm / np.maximum(norms, 1e-12))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E1EA5E]))
     std = event.noise_multiplier * cfg.clip_norm
     released = vectors + rng.normal(0.0, std, size=vectors.shape)
     session.record(event)
+    label_part = released[:, d:] / label_scale
     return ReleasedLatents(
-        latents=(released[:, :d] * math.sqrt(d)).astype(np.float32),
-        labels=released[:, d:].argmax(axis=1).astype(np.int64),
-        vectors=released.astype(np.float32),
-        noise_std=std * math.sqrt(d),
+        latents=(released[:, :d] / latent_scale).astype(np.float32),
+        label_vectors=label_part.astype(np.float32),
+        labels=label_part.argmax(axis=1).astype(np.int64),
+        noise_std=std / latent_scale,
+        label_noise_std=std / label_scale,
     )

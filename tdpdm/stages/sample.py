@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from tdpdm.models.autoencoder import ConvAutoencoder
 from tdpdm.models.diffusion import LatentDenoiser, ddim_sample
+from tdpdm.stages.deconvolve import LatentMixture
 from tdpdm.stages.encode import decode
 
 
@@ -18,7 +19,7 @@ def balanced_labels(n: int, num_classes: int, seed: int) -> np.ndarray:
 
 
 def generate(
-    denoiser: LatentDenoiser,
+    denoiser: LatentDenoiser | LatentMixture,
     autoencoder: ConvAutoencoder,
     n: int,
     *,
@@ -30,17 +31,18 @@ def generate(
     batch: int = 2000,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (n, 28, 28), labels int64 (n,))."""
+    """(images uint8 (n, 28, 28), labels int64 (n,)) from a diffusion denoiser or, in
+    `released` mode, a deconvolved mixture."""
     labels = balanced_labels(n, num_classes, seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     denoiser.eval().to(device)
     chunks = []
     for i in tqdm(range(0, n, batch), desc="sampling", disable=not progress, unit="batch"):
         y = torch.from_numpy(labels[i : i + batch]).to(device)
-        chunks.append(
-            ddim_sample(denoiser, y, steps=steps, guidance=guidance, generator=generator)
-            .cpu()
-            .numpy()
-        )
+        if isinstance(denoiser, LatentMixture):
+            z = denoiser.sample(y, generator=generator)
+        else:
+            z = ddim_sample(denoiser, y, steps=steps, guidance=guidance, generator=generator)
+        chunks.append(z.float().cpu().numpy())
     latents = np.concatenate(chunks)
     return decode(autoencoder, latents, device), labels

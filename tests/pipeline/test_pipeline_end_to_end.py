@@ -177,7 +177,9 @@ def test_synthetic_parquet_loads_as_hf_image_dataset(
 def test_latents_parquet(finished_run) -> None:
     cfg = finished_run.cfg
     table = pq.read_table(finished_run.out / "latents" / "latents.parquet")
-    assert table.column_names == ["latent", "label"]  # no pixels, no record ids
+    # No pixels, no record ids; a release also carries each row's noisy one-hot label.
+    extra = ["label_vector"] if cfg.mode == "released" else []
+    assert table.column_names == ["latent", "label", *extra]
     latent_type = table.schema.field("latent").type
     assert pa.types.is_fixed_size_list(latent_type)
     assert latent_type.list_size == cfg.stage1.latent_dim < 28 * 28

@@ -581,8 +581,15 @@ def _train_autoencoder_on_ray(
         # never continue another job's checkpoint.
         run_name=f"{ctx.job_id}-stage1-{uuid.uuid4().hex[:6]}",
     )
-    ctx.telemetry.stage(ctx.job_id, "encoder", 1.0)
+    _report_ray_steps(ctx, "encoder", outcome)
     return outcome.model, outcome.as_details()
+
+
+def _report_ray_steps(ctx: _Context, stage: str, outcome: Any) -> None:
+    """Workers do not export per-step metrics: the driver reports the charged steps at the end."""
+    loss = outcome.final_loss if math.isfinite(outcome.final_loss) else 0.0
+    ctx.telemetry.step(stage, outcome.steps, loss, outcome.samples_per_second)
+    ctx.telemetry.stage(ctx.job_id, stage, 1.0)
 
 
 def _stage1_lipschitz(
@@ -623,6 +630,7 @@ def _stage1_lipschitz(
         )
         model, execution = outcome.model, outcome.as_details()
         model.project_weights()
+        _report_ray_steps(ctx, "encoder", outcome)
     else:
         model = lr.train_lipschitz_vae(
             images,

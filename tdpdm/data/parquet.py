@@ -24,11 +24,30 @@ def write_table(uri: str, table: pa.Table, metadata: dict[bytes, Any]) -> None:
 def read_table(uri: str) -> pa.Table:
     raw = storage.read_bytes(uri)
     try:
-        return pq.read_table(io.BytesIO(raw))
+        table = pq.read_table(io.BytesIO(raw))
+        # Field names are decoded lazily: force it here, so a damaged name (bytes that are not
+        # UTF-8) fails in this one place instead of wherever a reader first touches a column.
+        _decode_field_names(table.schema)
+        return table
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{storage.redact(uri)}: not a readable Parquet file (a field name is not UTF-8)"
+        ) from None
     except (pa.ArrowException, OSError) as err:
         # ArrowException covers every Arrow failure on hostile bytes (invalid, not implemented,
         # capacity, ...); the Parquet footer is untrusted input like the rest of the file.
         raise DataError(f"{storage.redact(uri)}: not a readable Parquet file ({err})") from None
+
+
+def _decode_field_names(fields) -> None:
+    """Touch every (nested) field name, which makes pyarrow decode it."""
+    for field in fields:
+        _ = field.name
+        kind = field.type
+        if pa.types.is_struct(kind):
+            _decode_field_names(kind.fields)
+        elif hasattr(kind, "value_field"):  # list, large list, fixed-size list, map values
+            _decode_field_names([kind.value_field])
 
 
 def metadata_json(table: pa.Table, key: bytes, source: str = "table") -> dict[str, Any]:

@@ -62,6 +62,8 @@ class RayTrainOutcome:
     """Rank 0's time in the DP-SGD loop of the last attempt (no start-up, no restarts)."""
     steps_last_attempt: int
     expected_batch_size: int
+    final_loss: float = float("nan")
+    """Rank 0's last reported loss (for telemetry; NaN when none was reported)."""
 
     @property
     def samples_per_second(self) -> float:
@@ -178,6 +180,7 @@ def train_dpsgd_on_ray(
         train_seconds=float(metrics.get("elapsed_s", float("nan"))),
         steps_last_attempt=int(metrics.get("steps_this_attempt", 0)),
         expected_batch_size=plan.expected_batch_size,
+        final_loss=float(metrics.get("loss", float("nan"))),
     )
 
 

@@ -276,3 +276,13 @@ def test_valid_files_round_trip() -> None:
     assert latents.shape == (6, 4) and sorted(labels) == list(range(6)) and meta == {"k": 1}
     images, labels, meta = read_synthetic(_put(VALID_SYNTHETIC))
     assert images.shape == (3, 28, 28) and list(labels) == [0, 1, 2] and meta["epsilon"] == 1.0
+
+
+def test_every_single_byte_damage_of_a_latents_file_fails_cleanly() -> None:
+    """Exhaustive over positions: a byte that is not UTF-8 inside a field name once escaped as
+    a UnicodeDecodeError from the first column access (found by the fuzzer above in CI)."""
+    for position in range(len(VALID_LATENTS)):
+        for value in (0x80, 0xFF):
+            damaged = bytearray(VALID_LATENTS)
+            damaged[position] = value
+            _read_latents_checked(_put(bytes(damaged)))

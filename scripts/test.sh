@@ -15,6 +15,6 @@ echo "test: ruff check"
 .venv/bin/ruff check .
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 status=0
-.venv/bin/python -m pytest -p no:cacheprovider "$@" || status=$?
+.venv/bin/python -m pytest -p no:cacheprovider --durations=40 "$@" || status=$?
 if [ "$status" = 5 ]; then echo "test: pytest collected no tests"; fi
 exit "$status"

@@ -1,8 +1,11 @@
-"""`compute_epsilon` against Google's dp_accounting PLD accountant, fed independently built events.
+"""`compute_epsilon` against references that share no code with the accountant it uses.
 
-PRV reports an upper bound that includes its error band (0.01), and PLD's pessimistic
-discretisation is an upper bound too; the two must agree closely, and PRV's figure may not sit
-meaningfully *below* PLD's (that would be an optimistic, i.e. unsafe, bound).
+Add/remove: the product uses prv-accountant; the reference is Google's dp_accounting PLD
+accountant, fed independently built events. PRV reports an upper bound that includes its error
+band (0.01), and PLD's pessimistic discretisation is an upper bound too; the two must agree
+closely, and PRV's figure may not sit meaningfully *below* PLD's (an optimistic, unsafe bound).
+Replace-one: the product uses dp_accounting's PLD itself, so the reference is the numpy/scipy
+privacy-loss computation of `privacy_support.replace_one_reference_epsilon`.
 """
 
 from __future__ import annotations
@@ -11,14 +14,20 @@ import math
 
 import pytest
 from dp_accounting import NeighboringRelation
-from privacy_support import DELTA, dpsgd_dp_event, gaussian_dp_event, pld_reference
+from privacy_support import (
+    DELTA,
+    assert_replace_one_bound,
+    dpsgd_dp_event,
+    gaussian_dp_event,
+    pld_reference,
+    replace_one_reference_epsilon,
+)
 
 from tdpdm.privacy.accountant import compute_epsilon, pld_epsilon
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.events import GaussianEvent, PoissonGaussianEvent
 
 ADD_REMOVE = NeighboringRelation.ADD_OR_REMOVE_ONE
-REPLACE_ONE = NeighboringRelation.REPLACE_ONE
 
 
 def _agree(ours: float, reference: float) -> None:
@@ -74,21 +83,23 @@ def test_design_example_both_adjacencies() -> None:
 
 
 @pytest.mark.parametrize(
-    "events, reference",
+    "events, mechanisms",
     [
-        ([PoissonGaussianEvent(1.0, 0.01, 1000, "x")], [dpsgd_dp_event(1.0, 0.01, 1000)]),
-        ([GaussianEvent(5.0, 1, "r")], [gaussian_dp_event(5.0)]),
+        ([PoissonGaussianEvent(1.0, 0.01, 1000, "x")], [(1.0, 0.01, 1000)]),
+        ([GaussianEvent(5.0, 1, "r")], [(5.0, 1.0, 1)]),
         (
             [PoissonGaussianEvent(2.0, 0.3, 3, "enc"), GaussianEvent(3.0, 1, "rel")],
-            [dpsgd_dp_event(2.0, 0.3, 3), gaussian_dp_event(3.0)],
+            [(2.0, 0.3, 3), (3.0, 1.0, 1)],
         ),
     ],
 )
-def test_replace_one_equals_pld_replace_one(events, reference) -> None:
+def test_replace_one_matches_independent_reference(events, mechanisms) -> None:
+    """Not dp_accounting's REPLACE_ONE PLD (the product's own accountant): a numpy/scipy
+    privacy-loss computation from the replace-one pair (privacy_support)."""
     bound = compute_epsilon(events, DELTA, "replace_one")
-    expected = pld_reference(reference, DELTA, REPLACE_ONE)
+    reference = replace_one_reference_epsilon(mechanisms, DELTA)
     assert bound.adjacency is Adjacency.REPLACE_ONE
-    assert bound.epsilon == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    assert_replace_one_bound(bound.epsilon, reference, str(events))
 
 
 @pytest.mark.parametrize("sigma", [2.0, 5.0, 20.0])

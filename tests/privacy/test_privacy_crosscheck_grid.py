@@ -1,17 +1,22 @@
 """Every epsilon `compute_epsilon` reports, recomputed independently over a grid.
 
-The reference is built here from `dp_accounting`'s privacy-loss distributions directly
-(`from_gaussian_mechanism`, `self_compose`, `compose`), never through tdpdm's event conversion,
-and for single Gaussian releases also from the closed form of the Gaussian mechanism's privacy
-profile (Balle & Wang 2018), which involves no discretisation at all.
+Add/remove (the product uses prv-accountant): the reference is built here from
+`dp_accounting`'s privacy-loss distributions directly (`from_gaussian_mechanism`, `self_compose`,
+`compose`), never through tdpdm's event conversion. Replace-one (the product uses dp_accounting's
+REPLACE_ONE PLD, so that may not be the reference): `privacy_support.replace_one_reference_epsilon`,
+a numpy/scipy privacy-loss computation from the replace-one pair. Single Gaussian releases are
+also checked against the closed form of the Gaussian mechanism's privacy profile (Balle & Wang
+2018), which involves no discretisation at all.
 
 What is asserted, and why these tolerances:
 - validity: the product's figure is an *upper* bound, so it may never be below the PLD
-  *optimistic* estimate (a lower bound on the true epsilon) nor below the exact Gaussian value;
-- tightness: it may exceed the PLD pessimistic estimate (itself an upper bound) by at most
-  0.015 + 0.3 %. PRV reports estimate + its error band (eps_error 0.01), and its grid adds a
+  *optimistic* estimate (a lower bound on the true epsilon), the replace-one reference (the true
+  epsilon within `REFERENCE_ERROR`) nor the exact Gaussian value;
+- tightness, add/remove: it may exceed the PLD pessimistic estimate (itself an upper bound) by at
+  most 0.015 + 0.3 %. PRV reports estimate + its error band (eps_error 0.01), and its grid adds a
   little more at large epsilon; PLD's pessimistic rounding at interval 1e-4 is far smaller.
-  Under replace-one the product uses PLD itself, so the two must agree to rounding.
+- tightness, replace-one: at most `REPLACE_ONE_SLACK_ABS` + `REPLACE_ONE_SLACK_REL` above the
+  reference (privacy_support says why).
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ import math
 import pytest
 from dp_accounting import NeighboringRelation
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
-from scipy import optimize, stats
+from privacy_support import (
+    REFERENCE_ERROR,
+    Mechanism,
+    assert_replace_one_bound,
+    gaussian_exact_epsilon,
+    replace_one_reference_epsilon,
+)
 
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.calibration import calibrate_noise
@@ -32,68 +43,67 @@ from tdpdm.privacy.events import Event, GaussianEvent, PoissonGaussianEvent
 DELTA = 1e-5
 UPPER_SLACK_ABS = 0.015
 UPPER_SLACK_REL = 0.003
-RELATIONS = {
-    "add_remove": NeighboringRelation.ADD_OR_REMOVE_ONE,
-    "replace_one": NeighboringRelation.REPLACE_ONE,
-}
 
 # Connect-the-dots has no optimistic mode; dp_accounting logs a warning per call otherwise.
 logging.getLogger().setLevel(logging.ERROR)
 
 
-def _dpsgd_pld(sigma: float, q: float, steps: int, adjacency: str, pessimistic: bool):
+def _dpsgd_pld(sigma: float, q: float, steps: int, pessimistic: bool):
     return pld_lib.from_gaussian_mechanism(
         standard_deviation=sigma,
         sampling_prob=q,
-        neighboring_relation=RELATIONS[adjacency],
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
         pessimistic_estimate=pessimistic,
         use_connect_dots=pessimistic,
         value_discretization_interval=1e-4 if pessimistic else 1e-3,
     ).self_compose(steps)
 
 
-def _release_pld(sigma: float, count: int, adjacency: str, pessimistic: bool):
-    # A replaced record moves a norm-C vector by up to 2C: sensitivity 2 in units of C.
+def _release_pld(sigma: float, count: int, pessimistic: bool):
     # `count` identical releases compose to one Gaussian with std sigma / sqrt(count).
     return pld_lib.from_gaussian_mechanism(
         standard_deviation=sigma / math.sqrt(count),
-        sensitivity=2.0 if adjacency == "replace_one" else 1.0,
         pessimistic_estimate=pessimistic,
         use_connect_dots=pessimistic,
         value_discretization_interval=1e-4 if pessimistic else 1e-3,
     )
 
 
-def reference_epsilons(events: list[Event], adjacency: str) -> tuple[float, float]:
-    """(PLD optimistic = lower bound, PLD pessimistic = upper bound) on the true epsilon."""
+def reference_epsilons(events: list[Event]) -> tuple[float, float]:
+    """Add/remove: (PLD optimistic = lower bound, PLD pessimistic = upper bound) on epsilon."""
     out = []
     for pessimistic in (False, True):
         total = None
         for e in events:
             if isinstance(e, PoissonGaussianEvent):
-                part = _dpsgd_pld(
-                    e.noise_multiplier, e.sampling_rate, e.steps, adjacency, pessimistic
-                )
+                part = _dpsgd_pld(e.noise_multiplier, e.sampling_rate, e.steps, pessimistic)
             else:
-                part = _release_pld(e.noise_multiplier, e.count, adjacency, pessimistic)
+                part = _release_pld(e.noise_multiplier, e.count, pessimistic)
             total = part if total is None else total.compose(part)
         assert total is not None
         out.append(float(total.get_epsilon_for_delta(DELTA)))
     return out[0], out[1]
 
 
+def _mechanisms(events: list[Event]) -> list[Mechanism]:
+    """(noise multiplier, sampling rate, count) per event; a release samples every record."""
+    return [
+        (e.noise_multiplier, e.sampling_rate, e.steps)
+        if isinstance(e, PoissonGaussianEvent)
+        else (e.noise_multiplier, 1.0, e.count)
+        for e in events
+    ]
+
+
+def replace_one_reference(events: list[Event]) -> float:
+    """The true replace-one epsilon within REFERENCE_ERROR, independently of dp_accounting."""
+    return replace_one_reference_epsilon(_mechanisms(events), DELTA)
+
+
 def exact_gaussian_epsilon(sigma: float, count: int, adjacency: str) -> float:
     """Closed-form epsilon of `count` Gaussian releases (the analytic Gaussian mechanism)."""
     mu = (2.0 if adjacency == "replace_one" else 1.0) * math.sqrt(count) / sigma
-
-    def delta_at(eps: float) -> float:
-        return float(
-            stats.norm.cdf(mu / 2 - eps / mu) - math.exp(eps) * stats.norm.cdf(-mu / 2 - eps / mu)
-        )
-
-    if delta_at(0.0) <= DELTA:
-        return 0.0
-    return float(optimize.brentq(lambda e: delta_at(e) - DELTA, 0.0, 200.0, xtol=1e-10))
+    return gaussian_exact_epsilon(mu, DELTA)
 
 
 def _assert_sandwiched(ours: float, lower: float, upper: float, label: str) -> None:
@@ -113,14 +123,22 @@ GRID = [
 ]
 
 
-@pytest.mark.parametrize("adjacency", ["add_remove", "replace_one"])
 @pytest.mark.parametrize(("sigma", "q", "steps"), GRID)
-def test_dpsgd_grid_is_a_tight_upper_bound(sigma: float, q: float, steps: int, adjacency: str):
+def test_dpsgd_grid_is_a_tight_upper_bound(sigma: float, q: float, steps: int):
     events: list[Event] = [PoissonGaussianEvent(sigma, q, steps, "grid")]
-    bound = compute_epsilon(events, DELTA, adjacency)
-    lower, upper = reference_epsilons(events, adjacency)
-    _assert_sandwiched(bound.epsilon, lower, upper, f"sigma={sigma} q={q} T={steps} {adjacency}")
-    assert bound.delta == DELTA and bound.adjacency.value == adjacency
+    bound = compute_epsilon(events, DELTA, "add_remove")
+    lower, upper = reference_epsilons(events)
+    _assert_sandwiched(bound.epsilon, lower, upper, f"sigma={sigma} q={q} T={steps} add_remove")
+    assert bound.delta == DELTA and bound.adjacency.value == "add_remove"
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), GRID)
+def test_dpsgd_grid_replace_one_matches_independent_reference(sigma: float, q: float, steps: int):
+    events: list[Event] = [PoissonGaussianEvent(sigma, q, steps, "grid")]
+    bound = compute_epsilon(events, DELTA, "replace_one")
+    reference = replace_one_reference(events)
+    assert_replace_one_bound(bound.epsilon, reference, f"sigma={sigma} q={q} T={steps}")
+    assert bound.delta == DELTA and bound.adjacency.value == "replace_one"
 
 
 MIXED = {
@@ -142,8 +160,11 @@ MIXED = {
 def test_mixed_event_lists_match_independent_pld(name: str, adjacency: str) -> None:
     events = MIXED[name]
     ours = compute_epsilon(events, DELTA, adjacency).epsilon
-    lower, upper = reference_epsilons(events, adjacency)
-    _assert_sandwiched(ours, lower, upper, f"{name} {adjacency}")
+    if adjacency == "add_remove":
+        lower, upper = reference_epsilons(events)
+        _assert_sandwiched(ours, lower, upper, f"{name} {adjacency}")
+    else:
+        assert_replace_one_bound(ours, replace_one_reference(events), f"{name} {adjacency}")
     # Composition can only cost more than any of its parts.
     for part in events:
         assert ours >= compute_epsilon([part], DELTA, adjacency).epsilon - 1e-9
@@ -191,9 +212,13 @@ def test_calibrated_noise_meets_target_without_waste(adjacency: str, target: flo
     events = [*fixed, *make(sigma)]
     reached = compute_epsilon(events, DELTA, adjacency).epsilon
     assert reached <= target, f"calibrated sigma {sigma} gives {reached} > target {target}"
-    # Independently, too: the PLD upper bound of the calibrated plan is within PRV's band.
-    _, pld_upper = reference_epsilons(events, adjacency)
-    assert pld_upper <= target + UPPER_SLACK_ABS
+    # Independently, too: the PLD upper bound of the calibrated plan is within PRV's band; under
+    # replace-one the independent reference (true epsilon) meets the target itself.
+    if adjacency == "add_remove":
+        _, pld_upper = reference_epsilons(events)
+        assert pld_upper <= target + UPPER_SLACK_ABS
+    else:
+        assert replace_one_reference(events) <= target + REFERENCE_ERROR
     # Not wasteful: 2 % less noise would overshoot the target.
     cheaper = compute_epsilon([*fixed, *make(sigma * 0.98)], DELTA, adjacency).epsilon
     assert cheaper > target, (

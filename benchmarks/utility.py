@@ -180,6 +180,7 @@ def _run_row(args: argparse.Namespace, seed: int, device: str) -> dict[str, Any]
             "out": args.out or f"{tmp}/out",
             "cache_dir": str(ROOT / ".tdpdm-cache"),
             "subset": None if args.subset == "all" else int(args.subset),
+            "evaluation.enabled": True,  # the benchmark is the custodian scoring its own runs
         }
         if "distributed" in RunConfig.__dataclass_fields__:
             overrides["distributed.backend"] = "local"

@@ -5,8 +5,10 @@
         python jobs/stage1.py --config configs/main.yaml --out s3://bucket/runs/enc1 \
         --ledger s3://bucket/ledger.json --epsilon 4
 
-It writes the DP autoencoder, the latents and `stage1.json` (the events it spent) to --out, for
-`jobs/tune.py` (or `tdpdm diffuse`). In `private` mode stage 1 here is calibrated to the whole
+It writes the DP autoencoder to --out/release/models/, the latents (release/ in `released` mode,
+custodian/ in `private` mode) and custodian/stage1.json (the events it spent), for
+`jobs/tune.py` (or `tdpdm diffuse --from`). Copy only release/ out of the custodian's storage.
+In `private` mode stage 1 here is calibrated to the whole
 --epsilon; the stage-2 job then states the larger target of both stages together.
 """
 

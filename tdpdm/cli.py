@@ -37,8 +37,17 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         choices=["dpsgd-autoencoder", "lipschitz-vae"],
         help="stage-1 privacy mechanism (lipschitz-vae needs --mode released)",
     )
-    p.add_argument("--subset", help="number of training records to use, or 'all'")
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--subset",
+        help="expected number of training records: each record is kept independently with "
+        "probability subset/N by a secret draw; or 'all'",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="public seed: initial weights and the synthetic sampler only; DP noise and sampling "
+        "always come from fresh OS entropy, so two runs with the same seed differ",
+    )
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--ledger", help="privacy ledger path")
     p.add_argument("--out", help="output folder or URI")
@@ -59,6 +68,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "Prometheus scrapes the final figures of a short batch job",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument(
+        "--evaluate",
+        dest="evaluation.enabled",
+        action="store_true",
+        default=None,
+        help="custodian opt-in: score the synthetic data against the real train/test splits "
+        "(unnoised; written to the custodian part only)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -85,6 +102,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "cache_dir",
         "metrics_port",
         "progress",
+        "evaluation.enabled",
     )
     out: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "subset", None) is not None:
@@ -112,11 +130,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         _linger(cfg.metrics_port, args.metrics_linger_s)
     print(describe(result.report))
-    out = result.out
-    print(f"synthetic data: {out}/synthetic/part-0.parquet")
-    print(f"sample grid:    {out}/samples.png")
-    print(f"report:         {out}/report.html  ({out}/report.json)")
+    _print_outputs(result.layout)
     return 0
+
+
+def _print_outputs(layout) -> None:
+    """Where the release (publishable) and custodian (never publish) parts are."""
+    print(f"release (covered by the guarantee): {layout.release()}")
+    print(f"  synthetic data: {layout.synthetic}")
+    print(f"  sample grid:    {layout.release('samples.png')}")
+    print(f"  report:         {layout.release('report.html')}")
+    print(f"custodian only (never publish):     {layout.custodian()}")
+    print(f"  report:         {layout.custodian('report.html')}")
 
 
 def _maybe_serve_metrics(port: int | None) -> None:
@@ -326,7 +351,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         from_dir = Path(from_dir).as_posix()
     result = run_diffuse_stage(cfg, from_dir, log=_log)
     print(describe(result.report))
-    print(f"report: {result.out}/report.html")
+    _print_outputs(result.layout)
     return 0
 
 

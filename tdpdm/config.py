@@ -97,7 +97,9 @@ class TuneConfig:
     grace_period: int = 1
     reduction_factor: int = 2
     holdout_fraction: float = 0.1
-    """Share of the records kept out of training to score trials (a disjoint private part)."""
+    """Probability that a record is held out of training to score trials: one independent secret
+    draw per record (a record's role never depends on the others); planning uses the expected
+    sizes."""
     score_clip: float = 2.0
     """Per-record held-out loss is clipped to [0, score_clip] before the noisy mean."""
     score_noise_multiplier: float = 4.0
@@ -136,7 +138,9 @@ class EvalConfig:
     evaluator_epochs: int = 3
     inception_weights: str | None = None
     inception_sha256: str | None = None
-    enabled: bool = True
+    enabled: bool = False
+    """Opt-in: evaluation reads the real train/test splits without noise; its metrics go to the
+    custodian part only (custodian/report.json, evaluation.json), never to the release."""
 
 
 @dataclass
@@ -156,6 +160,10 @@ class RunConfig:
     job_id: str | None = None
     metrics_port: int | None = None
     progress: bool = True
+    custodian_losses: bool = False
+    """Opt-in: show training losses (unnoised statistics of private records) on the progress
+    bar and telemetry and keep them in custodian/report.json; the report lists them as not
+    covered."""
     stage1: Stage1Config = field(default_factory=Stage1Config)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)

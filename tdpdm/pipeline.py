@@ -1,24 +1,26 @@
-"""The whole two-stage pipeline on one machine: plan, charge, encode, diffuse, sample, report.
+"""The whole two-stage pipeline: plan, charge, stage 1, stage 2, sample, report.
 
 Order matters for privacy: the plan is calibrated and reserved on the ledger from the record
 *count* alone, and only then is the private training split unsealed with the charge's grant.
-Everything after the mechanisms (sampling, decoding, grids) is post-processing. Evaluation reads
-the real train/test splits for the custodian and is labelled as such in the report.
+Everything after the mechanisms (sampling, decoding, grids) is post-processing. Every mechanism
+draws its randomness from its own fresh secret key (`tdpdm.privacy.randomness`); `cfg.seed`
+only sets public things (initial weights, the synthetic sampler).
+
+Outputs are split (`tdpdm.stages.artifacts`): `release/` holds exactly what the guarantee
+covers; `custodian/` holds evaluation metrics read from real data, private latents, the stage-1
+manifest and `work/` (checkpoints with secret generator state, deleted when the run succeeds).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import io
 import json
-import math
-import os
-import platform
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,18 +34,24 @@ from tdpdm.data.download import ensure_dataset
 from tdpdm.data.loader import load_split
 from tdpdm.data.private import PrivateTrainingSet
 from tdpdm.models.autoencoder import ConvAutoencoder
+from tdpdm.privacy import statement as words
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.events import event_from_dict, event_to_dict
 from tdpdm.privacy.ledger import Budget, Ledger
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.report.grid import grid_png_bytes
 from tdpdm.report.html import render_report_html
-from tdpdm.report.schema import report_to_json
+from tdpdm.report.schema import report_to_json, validate_report
+from tdpdm.report.summary import describe, hardware
+from tdpdm.report.text import epsilon_text
+from tdpdm.stages import artifacts
+from tdpdm.stages.artifacts import RunLayout, load_model_state, save_model
 from tdpdm.stages.deconvolve import fit_release_model
 from tdpdm.stages.diffuse import train_diffusion
-from tdpdm.stages.dpsgd import DPSGDPlan
-from tdpdm.stages.encode import encode, train_autoencoder
+from tdpdm.stages.dpsgd import DPSGDPlan, train_dpsgd
+from tdpdm.stages.encode import encode, images_to_tensor, new_autoencoder, reconstruction_loss
 from tdpdm.stages.latents_io import read_latents, write_latents
 from tdpdm.stages.plan import PrivacyPlan, default_adjacency, plan_diffusion, plan_run
 from tdpdm.stages.release import release_latents
@@ -51,35 +59,39 @@ from tdpdm.stages.sample import generate
 from tdpdm.stages.synthetic_io import write_synthetic
 from tdpdm.telemetry import Telemetry, get_telemetry
 
+__all__ = ["RunResult", "describe", "epsilon_text", "run_diffuse_stage", "run_encode_stage"]
+
 Log = Callable[[str], None]
 
-STAGE1_MANIFEST = "stage1.json"
-LATENTS = "latents/latents.parquet"
-AUTOENCODER = "checkpoints/autoencoder.pt"
-DIFFUSION_CKPT = "checkpoints/diffusion.pt"
 BENCHMARK_ROWS = "benchmarks/results.jsonl"
 
 METRICS_NOTE = (
-    "Accuracy: the DPDM CNN trained on the synthetic images (epoch chosen on a synthetic "
-    "validation split) and tested on the real test split. Inception Score and classifier-FD: from "
-    "a CNN trained on the real training split (FD against the real test split). FID needs the "
-    "pytorch-fid Inception weights file."
+    "Custodian-only (read the real data without noise; never publish). Accuracy: the DPDM CNN "
+    "trained on the synthetic images (epoch chosen on a synthetic validation split) and tested "
+    "on the real test split. Inception Score and classifier-FD: from a CNN trained on the real "
+    "training split (FD against the real test split). FID needs the pytorch-fid Inception "
+    "weights file."
 )
-
-
-def epsilon_text(epsilon: float) -> str:
-    """Epsilon rounded *up* to 3 decimals: a printed guarantee must never look stronger."""
-    return f"{math.ceil(epsilon * 1000 - 1e-9) / 1000:.3f}"
+RELEASE_METRICS_NOTE = (
+    "No metric read from real data is published: evaluation (opt-in, evaluation.enabled) "
+    "writes its figures to the custodian part only (custodian/report.json)."
+)
+EMPTY_METRICS = {"accuracy": None, "inception_score": None, "classifier_fd": None, "fid": None}
 
 
 @dataclass
 class RunResult:
     out: str
     report: dict[str, Any]
+    """The custodian report (the release report plus custodian-only values)."""
 
     @property
     def epsilon(self) -> float:
         return float(self.report["privacy"]["epsilon"])
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.out)
 
 
 @dataclass
@@ -95,16 +107,21 @@ class _Context:
     telemetry: Telemetry
     log: Log
     started: float
+    layout: RunLayout
     budget_is_new: bool = False
     tuning: dict[str, Any] | None = None
     """The stage-2 search's report section, when one ran."""
     tuning_events: list = field(default_factory=list)
     """What the search's trials spent (their own ledger charges): part of the run's epsilon."""
+    work_dirs: list[str] = field(default_factory=list)
+    """Custodian scratch (checkpoints with secret generator state) to delete on success."""
+    losses: dict[str, float] = field(default_factory=dict)
+    """Last training loss per stage: kept only when the custodian opted in."""
 
     @classmethod
     def start(cls, cfg: RunConfig, log: Log, telemetry: Telemetry | None) -> _Context:
         started = time.perf_counter()
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # public: initial weights and the synthetic sampler only
         # An output URI that cannot be written (odd scheme, NUL byte) must fail here, not after
         # the mechanisms ran and spent budget on results that could not be saved.
         storage.resolve(cfg.out)
@@ -124,6 +141,7 @@ class _Context:
             telemetry=telemetry or get_telemetry(),
             log=log,
             started=started,
+            layout=RunLayout(cfg.out),
         )
 
     def begin(self, events: list) -> PrivacySession:
@@ -146,18 +164,28 @@ class _Context:
 
 @contextlib.contextmanager
 def _charged(ctx: _Context, session: PrivacySession, was_read: Callable[[], bool]):
-    """Settle the charge at what ran; a job that failed before reading anything is cancelled."""
+    """Settle the charge at what ran. A job that failed before reading anything is cancelled;
+    one that failed after reading (even in validation) is charged its full plan: whether and how
+    it failed can depend on the records."""
     try:
         yield
     except BaseException as err:
         if not was_read():
             session.cancel_unread(note=f"failed before reading any record: {err}")
         else:
-            session.settle(note=f"failed after reading records: {type(err).__name__}")
+            session.settle_at_full_plan(
+                note=f"failed after reading records ({type(err).__name__}): charged its full plan"
+            )
         ctx.telemetry.job(ctx.job_id, "failed")
         raise
     session.settle(note=f"completed {ctx.job_id}")
     _report_budget(ctx.telemetry, ctx.ledger, ctx.cfg.dataset, ctx.budget)
+
+
+def training_set(cfg: RunConfig, data_dir: str) -> PrivateTrainingSet:
+    """The configured training split; a subset gets its own secret per-record draws."""
+    key = MechanismKey.fresh("subset") if cfg.subset is not None else None
+    return PrivateTrainingSet(cfg.dataset, data_dir, cfg.subset, subset_key=key)
 
 
 def run_pipeline(
@@ -173,7 +201,7 @@ def run_pipeline(
     ctx = _Context.start(cfg, log, telemetry)
     _require_backend(cfg)
     if records is None:
-        records = PrivateTrainingSet(cfg.dataset, ctx.data_dir, cfg.subset, cfg.seed)
+        records = training_set(cfg, ctx.data_dir)
     n = records.n_records()
     log(
         f"planning {cfg.mode} run on {n} {cfg.dataset} records: target epsilon {cfg.epsilon:g} "
@@ -184,7 +212,7 @@ def run_pipeline(
     stages: list[dict[str, Any]] = []
     with _charged(ctx, session, lambda: records.reads > 0), _ray_for(cfg):
         autoencoder, latents, labels, info = _stage1(ctx, plan, session, records, stages)
-        release_uri = storage.join(cfg.out, LATENTS) if cfg.mode == "released" else None
+        latents_uri = ctx.layout.latents(cfg.mode)
         denoiser = _stage2(
             ctx,
             plan.diffusion,
@@ -192,9 +220,10 @@ def run_pipeline(
             latents,
             labels,
             stages,
-            release_uri=release_uri,
-            latents_uri=storage.join(cfg.out, LATENTS),
+            release_uri=latents_uri if cfg.mode == "released" else None,
+            latents_uri=latents_uri,
             stage1_events=list(session.recorded),
+            n_records=n,
         )
     return _publish(ctx, autoencoder, denoiser, session.recorded, session, n, info, stages)
 
@@ -220,18 +249,18 @@ def _ray_for(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
 def run_encode_stage(
     cfg: RunConfig, log: Log = print, telemetry: Telemetry | None = None
 ) -> dict[str, Any]:
-    """Stage 1 alone; writes the autoencoder, the latents and `stage1.json` for `diffuse`.
+    """Stage 1 alone; writes the autoencoder, the latents and the custodian's `stage1.json`.
 
     In `private` mode stage 1 is calibrated to the whole `cfg.epsilon`; `tdpdm diffuse` then
     needs a larger target for the two stages together."""
     ctx = _Context.start(cfg, log, telemetry)
     _require_backend(cfg)
-    records = PrivateTrainingSet(cfg.dataset, ctx.data_dir, cfg.subset, cfg.seed)
+    records = training_set(cfg, ctx.data_dir)
     n = records.n_records()
     plan = plan_run(cfg, n, ctx.budget.adjacency, ctx.budget.delta, encoder_only=True)
     session = ctx.begin(plan.events())
     stages: list[dict[str, Any]] = []
-    with _charged(ctx, session, lambda: records.reads > 0):
+    with _charged(ctx, session, lambda: records.reads > 0), _ray_for(cfg):
         _stage1(ctx, plan, session, records, stages)
     bound = compute_epsilon(session.recorded, ctx.budget.delta, ctx.budget.adjacency)
     manifest = {
@@ -249,8 +278,9 @@ def run_encode_stage(
         "stages": stages,
     }
     storage.write_bytes_atomic(
-        storage.join(cfg.out, STAGE1_MANIFEST), json.dumps(manifest, indent=2).encode()
+        ctx.layout.manifest, json.dumps(manifest, indent=2).encode(), private=True
     )
+    _remove_work(ctx)
     return manifest
 
 
@@ -261,41 +291,38 @@ def run_diffuse_stage(
 
     Private latents are sensitive: in `private` mode reading them is charged (DP-SGD calibrated
     so that stage 1 and stage 2 together meet `cfg.epsilon`)."""
-    manifest = _read_manifest(from_dir)
+    source = RunLayout(from_dir)
+    manifest = _read_manifest(source.manifest)
     for key in ("dataset", "mode"):
         if manifest[key] != getattr(cfg, key):
             raise ValueError(
                 f"{from_dir} was encoded for {key} {manifest[key]!r}, not {getattr(cfg, key)!r}"
             )
-    cfg.stage1.latent_dim, cfg.stage1.width = manifest["latent_dim"], manifest["width"]
+    stage1 = dataclasses.replace(
+        cfg.stage1,
+        latent_dim=manifest["latent_dim"],
+        width=manifest["width"],
+        mechanism=manifest.get("mechanism", "dpsgd-autoencoder"),
+        vae_hidden=manifest.get("vae_hidden", cfg.stage1.vae_hidden),
+    )
+    cfg = dataclasses.replace(cfg, stage1=stage1)  # derived: the caller's config is untouched
     ctx = _Context.start(cfg, log, telemetry)
     stage1_events = [event_from_dict(e) for e in manifest["events"]]
     n = int(manifest["n_records"])
-    cfg.stage1.mechanism = manifest.get("mechanism", "dpsgd-autoencoder")
-    if cfg.stage1.mechanism == "lipschitz-vae":
+    if stage1.mechanism == "lipschitz-vae":
         from tdpdm.stages.lipschitz_release import new_lipschitz_vae
 
-        cfg.stage1.vae_hidden = manifest["vae_hidden"]
         autoencoder = new_lipschitz_vae(cfg)
     else:
-        autoencoder = ConvAutoencoder(cfg.stage1.latent_dim, cfg.stage1.width)
-    _load_state(storage.join(from_dir, AUTOENCODER), autoencoder)
-    latents_uri = storage.join(from_dir, LATENTS)
+        autoencoder = ConvAutoencoder(stage1.latent_dim, stage1.width)
+    load_model_state(source.autoencoder, autoencoder)
+    latents_uri = source.latents(cfg.mode)
     stages: list[dict[str, Any]] = []
+    session: PrivacySession | None = None
     if cfg.mode == "private" and cfg.tune.trials:
         # Each trial reserves its own charge and reads the private latents under it.
-        denoiser = _stage2(
-            ctx,
-            None,
-            None,
-            None,
-            None,
-            stages,
-            latents_uri=latents_uri,
-            stage1_events=stage1_events,
-            n_records=n,
-        )
-        events, session = stage1_events, None
+        denoiser = _tuned_stage2(ctx, latents_uri, stage1_events, n, stages)
+        events = stage1_events
     elif cfg.mode == "private":
         plan2 = plan_diffusion(cfg, n, ctx.budget.adjacency, ctx.budget.delta, stage1_events)
         session = ctx.begin([plan2.event()])
@@ -303,14 +330,11 @@ def run_diffuse_stage(
         with _charged(ctx, session, lambda: read[0]):
             if not session.grant.is_active():
                 raise PermissionError("private latents need an open ledger charge")
+            read[0] = True  # before the first byte: a failure from here on is charged
             latents, labels, _ = read_latents(latents_uri, ctx.spec.num_classes)
-            read[0] = True
-            if len(latents) != n:
-                raise ValueError(f"{latents_uri}: {len(latents)} rows, manifest says {n}")
             denoiser = _stage2(ctx, plan2, session, latents, labels, stages)
         events = [*stage1_events, *session.recorded]
-    else:
-        # a DP release: post-processing
+    else:  # a DP release: post-processing
         latents, labels, _ = read_latents(latents_uri, ctx.spec.num_classes)
         denoiser = _stage2(
             ctx,
@@ -323,13 +347,15 @@ def run_diffuse_stage(
             latents_uri=latents_uri,
             stage1_events=stage1_events,
         )
-        events, session = stage1_events, None
+        events = stage1_events
+    # The decoder the synthetic images are made with is part of the release.
+    save_model(autoencoder, ctx.layout.autoencoder)
     return _publish(ctx, autoencoder, denoiser, events, session, n, {"from": from_dir}, stages)
 
 
 def _publish(
     ctx: _Context,
-    autoencoder: ConvAutoencoder,
+    autoencoder: torch.nn.Module,
     denoiser: torch.nn.Module,
     events: list,
     session: PrivacySession | None,
@@ -337,8 +363,9 @@ def _publish(
     latents_info: dict[str, Any],
     stages: list[dict[str, Any]],
 ) -> RunResult:
-    """Post-processing of the DP models (sample, decode, write), then evaluation and report."""
-    cfg, spec = ctx.cfg, ctx.spec
+    """Post-processing of the DP models (sample, decode, write the release), then the
+    custodian's evaluation; the release report carries nothing read from real data."""
+    cfg, spec, layout = ctx.cfg, ctx.spec, ctx.layout
     t = time.perf_counter()
     images, labels = generate(
         denoiser,
@@ -363,16 +390,21 @@ def _publish(
     events = [*events, *ctx.tuning_events]  # every trial influenced the selection
     bound = compute_epsilon(events, ctx.budget.delta, ctx.budget.adjacency)
     privacy = _privacy_section(ctx, events, session, bound, n)
-    synthetic_uri = storage.join(cfg.out, "synthetic", "part-0.parquet")
     write_synthetic(
-        synthetic_uri,
+        layout.synthetic,
         images,
         labels,
         class_names=list(spec.class_names),
-        guarantee=_parquet_guarantee(privacy, ctx.job_id, cfg.dataset),
+        guarantee=words.parquet_guarantee(privacy, ctx.job_id, cfg.dataset),
     )
-
-    metrics = _evaluate(cfg, images, labels, ctx.data_dir, stages, ctx.log)
+    grid = grid_png_bytes(
+        images,
+        labels,
+        per_class=10,
+        num_classes=spec.num_classes,
+        class_names=list(spec.class_names),
+    )
+    storage.write_bytes_atomic(layout.release(artifacts.SAMPLES_PNG), grid)
     report = {
         "tdpdm_version": __version__,
         "run_id": ctx.job_id,
@@ -383,43 +415,70 @@ def _publish(
         "wall_time_s": time.perf_counter() - ctx.started,
         "hardware": hardware(cfg.device),
         "privacy": privacy,
-        "metrics": metrics,
-        "metrics_note": METRICS_NOTE,
+        "metrics": dict(EMPTY_METRICS),
+        "metrics_note": RELEASE_METRICS_NOTE,
         "config": cfg.as_dict(),
-        "stages": stages,
+        "stages": [dict(s) for s in stages],
         "latents": latents_info,
-        "artifacts": {
-            "synthetic": "synthetic/part-0.parquet",
-            "samples_png": "samples.png",
-            "report_html": "report.html",
-            "report_json": "report.json",
-            "latents": LATENTS,
-            "autoencoder": AUTOENCODER,
-            "diffusion": DIFFUSION_CKPT,
-        },
+        "artifacts": artifacts.release_listing(cfg.mode)
+        | {"custodian": artifacts.custodian_listing(cfg.mode)},
     }
     if ctx.tuning is not None:
         report["tuning"] = ctx.tuning
-    grid = grid_png_bytes(
-        images,
-        labels,
-        per_class=10,
-        num_classes=spec.num_classes,
-        class_names=list(spec.class_names),
+    _write_report(layout.release, report, grid, figures={}, private=False)
+
+    metrics = _evaluate(cfg, images, labels, ctx.data_dir, stages, ctx.log)
+    custodian = report | {
+        "metrics": metrics,
+        "metrics_note": METRICS_NOTE,
+        "stages": stages,
+        "wall_time_s": time.perf_counter() - ctx.started,
+        "part": "custodian: never publish (values read from the private data without noise)",
+    }
+    if cfg.custodian_losses:
+        custodian["training_losses"] = dict(ctx.losses)
+    if cfg.evaluation.enabled:
+        storage.write_bytes_atomic(
+            layout.custodian(artifacts.EVALUATION_JSON),
+            json.dumps(metrics, indent=2, sort_keys=True).encode(),
+            private=True,
+        )
+    _write_report(
+        layout.custodian, custodian, grid, figures=_trade_off_figure(custodian), private=True
     )
-    storage.write_bytes_atomic(storage.join(cfg.out, "samples.png"), grid)
-    storage.write_bytes_atomic(
-        storage.join(cfg.out, "report.json"), report_to_json(report).encode()
-    )
-    html = render_report_html(report, grid_png=grid, extra_images=_trade_off_figure(report))
-    storage.write_bytes_atomic(storage.join(cfg.out, "report.html"), html.encode())
+    _remove_work(ctx)
     ctx.telemetry.job(ctx.job_id, "succeeded")
-    return RunResult(cfg.out, report)
+    return RunResult(cfg.out, custodian)
+
+
+def _write_report(
+    where: Callable[..., str],
+    report: dict[str, Any],
+    grid: bytes,
+    figures: dict[str, bytes],
+    *,
+    private: bool,
+) -> None:
+    """Validate first, then write report.json and report.html under `where(...)`."""
+    validate_report(report)
+    storage.write_bytes_atomic(
+        where(artifacts.REPORT_JSON), report_to_json(report).encode(), private=private
+    )
+    html = render_report_html(report, grid_png=grid, extra_images=figures)
+    storage.write_bytes_atomic(where(artifacts.REPORT_HTML), html.encode(), private=private)
+
+
+def _remove_work(ctx: _Context) -> None:
+    """Delete checkpoints that hold secret generator state once the run has succeeded."""
+    for uri in [ctx.layout.work, *ctx.work_dirs]:
+        storage.remove_tree(uri)
 
 
 def _trade_off_figure(report: dict[str, Any]) -> dict[str, bytes]:
     """The privacy-utility plot of the benchmark rows for this data set, this run starred
-    (rows from the source tree's benchmarks/results.jsonl when it is there)."""
+    (custodian report only: the star is placed by a metric read from real data)."""
+    import os
+
     from tdpdm.report.plots import run_privacy_utility_png
 
     results = os.path.join(os.path.dirname(os.path.dirname(__file__)), BENCHMARK_ROWS)
@@ -448,16 +507,22 @@ def _report_budget(telemetry: Telemetry, ledger: Ledger, dataset: str, budget: B
     telemetry.privacy(dataset, ledger.spent(dataset).epsilon, budget.epsilon, budget.delta)
 
 
-def _progress(telemetry: Telemetry, job_id: str, stage: str, total: int, batch: int):
+def _progress(ctx: _Context, stage: str, total: int, batch: int):
+    """Telemetry every 10 steps: steps and throughput; the loss only if the custodian opted in
+    (a batch's mean loss is an unnoised statistic of private records)."""
     last = [time.perf_counter(), 0]
+    keep_loss = ctx.cfg.custodian_losses
 
     def on_step(step: int, loss: float) -> None:
+        if keep_loss and np.isfinite(loss):
+            ctx.losses[stage] = float(loss)
         if step % 10 and step != total:
             return
         now = time.perf_counter()
         rate = (step - last[1]) * batch / max(now - last[0], 1e-9)
-        telemetry.step(stage, step - last[1], loss if np.isfinite(loss) else 0.0, rate)
-        telemetry.stage(job_id, stage, step / total)
+        shown = float(loss) if keep_loss and np.isfinite(loss) else None
+        ctx.telemetry.step(stage, step - last[1], shown, rate)
+        ctx.telemetry.stage(ctx.job_id, stage, step / total)
         last[:] = [now, step]
 
     return on_step
@@ -470,76 +535,118 @@ def _stage1(
     records: PrivateTrainingSet,
     stages: list[dict[str, Any]],
 ):
-    """Read the private records under the charge; train the DP autoencoder; produce latents
-    (a DP release in `released` mode, a sensitive intermediate in `private` mode)."""
+    """Read the private records under the charge; train the stage-1 model with DP-SGD; produce
+    latents (a DP release in `released` mode or with the Lipschitz VAE, a sensitive
+    intermediate in `private` mode)."""
     cfg = ctx.cfg
-    if cfg.stage1.mechanism == "lipschitz-vae":
-        return _stage1_lipschitz(ctx, plan, session, records, stages)
+    lipschitz = cfg.stage1.mechanism == "lipschitz-vae"
+    if lipschitz:
+        from tdpdm.stages import lipschitz_release as lr
+
+        noise_std = lr.training_noise_std(cfg, plan.release_event())
+        factory = functools.partial(
+            lr.make_vae, cfg.stage1.latent_dim, cfg.stage1.vae_hidden, noise_std
+        )
+        loss_fn, what = lr.vae_loss, "Lipschitz VAE"
+    else:
+        factory = functools.partial(new_autoencoder, cfg.stage1, cfg.seed)
+        loss_fn, what = reconstruction_loss, "autoencoder"
     images, labels = records.open(session.grant)
     t = time.perf_counter()
     ctx.log(
-        f"stage 1: DP-SGD autoencoder, {plan.encoder.steps} steps, "
+        f"stage 1: {what} (DP-SGD), {plan.encoder.steps} steps, "
         f"sigma {plan.encoder.noise_multiplier:.3f}, q {plan.encoder.sampling_rate:.4f}"
     )
+    key = MechanismKey.fresh("stage1-dpsgd")
+    tensors = [images_to_tensor(images)]
     if cfg.distributed.backend == "ray":
-        autoencoder, execution = _train_autoencoder_on_ray(ctx, plan.encoder, session, images)
+        model, execution = _dpsgd_on_ray(
+            ctx, "encoder", factory, tensors, loss_fn, plan, session, key
+        )
     else:
-        autoencoder = train_autoencoder(
-            images,
-            cfg.stage1,
+        torch.manual_seed(cfg.seed)  # public initial weights
+        model = factory()
+        train_dpsgd(
+            model,
+            tensors,
+            loss_fn,
             plan.encoder,
             session,
+            lr=cfg.stage1.lr,
+            key=key,
             device=cfg.device,
-            seed=cfg.seed,
+            on_step=_progress(ctx, "encoder", plan.encoder.steps, plan.encoder.expected_batch_size),
             progress=cfg.progress,
-            on_step=_progress(
-                ctx.telemetry,
-                ctx.job_id,
-                "encoder",
-                plan.encoder.steps,
-                plan.encoder.expected_batch_size,
-            ),
+            grad_sample_mode=cfg.stage1.grad_sample_mode,
         )
         execution = {"backend": "local", "num_workers": 1}
+    del tensors
+    if lipschitz:
+        model.project_weights()
     stages.append(
         {
             "name": "encoder",
             "wall_time_s": time.perf_counter() - t,
-            "details": {"steps": plan.encoder.steps} | execution,
+            "details": {"steps": plan.encoder.steps, "mechanism": cfg.stage1.mechanism} | execution,
         }
     )
-    _save_model(autoencoder, storage.join(cfg.out, AUTOENCODER))
-
     t = time.perf_counter()
-    latents = encode(autoencoder, images, cfg.device)
-    if cfg.mode == "released":
-        released = release_latents(
-            latents,
+    label_vectors = None
+    if lipschitz:
+        released_vae = lr.release(
+            model,
+            images,
             labels,
             num_classes=ctx.spec.num_classes,
-            cfg=cfg.release,
+            label_scale=cfg.release.label_scale,
             event=plan.release_event(),
             session=session,
             seed=cfg.seed,
+            key=MechanismKey.fresh("lipschitz-release"),
         )
-        latents, labels = released.latents, released.labels
-        info = {"kind": "dp_release", **released.metadata()}
+        ctx.log(
+            f"Lipschitz release: L = {released_vae.lipschitz_bound:.6f} (numerical check on data: "
+            f"passed), sensitivity {released_vae.sensitivity:.3f}, "
+            f"noise std {released_vae.noise_std:.3f}"
+        )
+        latents, labels = released_vae.latents, released_vae.labels
+        label_vectors, info = released_vae.label_vectors, released_vae.info()
+    else:
+        latents = encode(model, images, cfg.device)
+        if cfg.mode == "released":
+            released = release_latents(
+                latents,
+                labels,
+                num_classes=ctx.spec.num_classes,
+                cfg=cfg.release,
+                event=plan.release_event(),
+                session=session,
+                key=MechanismKey.fresh("release"),
+            )
+            latents, labels = released.latents, released.labels
+            label_vectors = released.label_vectors
+            info = {"kind": "dp_release", **released.metadata()}
+        else:
+            info = {"kind": "sensitive_intermediate"}
+    del images
+    save_model(model, ctx.layout.autoencoder)
+    if info["kind"] == "dp_release":
         meta = info | {"sensitive": False, "guarantee": _release_guarantee(plan, session)}
     else:
-        info = {"kind": "sensitive_intermediate"}
         meta = info | {
             "sensitive": True,
-            "warning": "private latents: access-controlled, never publish",
+            "warning": "private latents: custodian-only, never publish",
         }
     write_latents(
-        storage.join(cfg.out, LATENTS),
+        ctx.layout.latents(cfg.mode),
         latents,
         labels,
         meta,
-        seed=cfg.seed,
-        label_vectors=released.label_vectors if cfg.mode == "released" else None,
+        # row order: a secret shuffle (a public one would tie rows back to file positions)
+        seed=MechanismKey.fresh("latents-order").numpy(),
+        label_vectors=label_vectors,
+        private=info["kind"] != "dp_release",
     )
-    del images
     stages.append(
         {
             "name": "latents",
@@ -547,150 +654,52 @@ def _stage1(
             "details": {"mode": cfg.mode, "dim": int(latents.shape[1])},
         }
     )
-    return autoencoder, latents, labels, info
+    return model, latents, labels, info
 
 
-def _train_autoencoder_on_ray(
-    ctx: _Context, plan: DPSGDPlan, session: PrivacySession, images: np.ndarray
-) -> tuple[ConvAutoencoder, dict[str, Any]]:
+def _dpsgd_on_ray(
+    ctx: _Context,
+    stage: str,
+    factory: Callable[[], torch.nn.Module],
+    tensors: list[torch.Tensor],
+    loss_fn: Callable,
+    plan: PrivacyPlan,
+    session: PrivacySession,
+    key: MechanismKey,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Stage 1's DP-SGD on a Ray Train worker group (a local Ray unless an address is set).
 
     The records, opened under this job's charge, go to Ray's object store for the workers;
     the steps of the final checkpoint are charged on `session` (see `distributed.stage1_train`).
-    """
+    Checkpoints (secret generator state) go to the custodian's work area and are deleted when
+    the run succeeds."""
     from tdpdm.distributed.stage1_train import train_dpsgd_on_ray
-    from tdpdm.stages.encode import images_to_tensor, new_autoencoder, reconstruction_loss
 
     cfg = ctx.cfg
     d = cfg.distributed
     if cfg.device.startswith("cuda") and not d.use_gpu:
         ctx.log("note: device is cuda but distributed.use_gpu is false: Ray workers use CPUs")
+    torch.manual_seed(cfg.seed)  # public initial weights, the same on every worker
     outcome = train_dpsgd_on_ray(
-        functools.partial(new_autoencoder, cfg.stage1, cfg.seed),
-        [images_to_tensor(images)],
-        reconstruction_loss,
-        plan,
+        factory,
+        tensors,
+        loss_fn,
+        plan.encoder,
         session,
         cfg=d,
-        storage_path=d.storage_path or storage.join(cfg.out, "ray"),
+        storage_path=d.storage_path or storage.join(ctx.layout.work, "ray"),
         lr=cfg.stage1.lr,
-        seed=cfg.seed,
+        key=key,
         grad_sample_mode=cfg.stage1.grad_sample_mode,
         progress=cfg.progress,
         # Unique: Ray Train resumes a run whose name it finds in storage, and a new charge must
         # never continue another job's checkpoint.
         run_name=f"{ctx.job_id}-stage1-{uuid.uuid4().hex[:6]}",
     )
-    _report_ray_steps(ctx, "encoder", outcome)
-    return outcome.model, outcome.as_details()
-
-
-def _report_ray_steps(ctx: _Context, stage: str, outcome: Any) -> None:
-    """Workers do not export per-step metrics: the driver reports the charged steps at the end."""
-    loss = outcome.final_loss if math.isfinite(outcome.final_loss) else 0.0
-    ctx.telemetry.step(stage, outcome.steps, loss, outcome.samples_per_second)
+    ctx.work_dirs.append(outcome.run_dir)
+    ctx.telemetry.step(stage, outcome.steps, None, outcome.samples_per_second)
     ctx.telemetry.stage(ctx.job_id, stage, 1.0)
-
-
-def _stage1_lipschitz(
-    ctx: _Context,
-    plan: PrivacyPlan,
-    session: PrivacySession,
-    records: PrivateTrainingSet,
-    stages: list[dict[str, Any]],
-):
-    """`lipschitz-vae`: DP-SGD VAE, exact Lipschitz bound checked on data, Gaussian release."""
-    from tdpdm.stages import lipschitz_release as lr
-
-    cfg = ctx.cfg
-    images, labels = records.open(session.grant)
-    t = time.perf_counter()
-    ctx.log(
-        f"stage 1: Lipschitz VAE (DP-SGD), {plan.encoder.steps} steps, "
-        f"sigma {plan.encoder.noise_multiplier:.3f}, q {plan.encoder.sampling_rate:.4f}"
-    )
-    if cfg.distributed.backend == "ray":
-        from tdpdm.distributed.stage1_train import train_dpsgd_on_ray
-
-        d = cfg.distributed
-        noise_std = lr.training_noise_std(cfg, plan.release_event())
-        outcome = train_dpsgd_on_ray(
-            functools.partial(lr.make_vae, cfg.stage1.latent_dim, cfg.stage1.vae_hidden, noise_std),
-            [lr.images_to_tensor(images)],
-            lr.vae_loss,
-            plan.encoder,
-            session,
-            cfg=d,
-            storage_path=d.storage_path or storage.join(cfg.out, "ray"),
-            lr=cfg.stage1.lr,
-            seed=cfg.seed,
-            grad_sample_mode=cfg.stage1.grad_sample_mode,
-            progress=cfg.progress,
-            run_name=f"{ctx.job_id}-stage1-{uuid.uuid4().hex[:6]}",
-        )
-        model, execution = outcome.model, outcome.as_details()
-        model.project_weights()
-        _report_ray_steps(ctx, "encoder", outcome)
-    else:
-        model = lr.train_lipschitz_vae(
-            images,
-            cfg,
-            plan.encoder,
-            plan.release_event(),
-            session,
-            progress=cfg.progress,
-            on_step=_progress(
-                ctx.telemetry,
-                ctx.job_id,
-                "encoder",
-                plan.encoder.steps,
-                plan.encoder.expected_batch_size,
-            ),
-        )
-        execution = {"backend": "local", "num_workers": 1}
-    stages.append(
-        {
-            "name": "encoder",
-            "wall_time_s": time.perf_counter() - t,
-            "details": {"steps": plan.encoder.steps, "mechanism": "lipschitz-vae"} | execution,
-        }
-    )
-    t = time.perf_counter()
-    released = lr.release(
-        model,
-        images,
-        labels,
-        num_classes=ctx.spec.num_classes,
-        label_scale=cfg.release.label_scale,
-        event=plan.release_event(),
-        session=session,
-        seed=cfg.seed,
-    )
-    del images
-    ctx.log(
-        f"Lipschitz release: L = {released.lipschitz_bound:.6f} (largest observed ratio "
-        f"{released.check.max_ratio:.4f}), sensitivity {released.sensitivity:.3f}, "
-        f"noise std {released.noise_std:.3f}"
-    )
-    _save_model(model, storage.join(cfg.out, AUTOENCODER))
-    info = released.info()
-    meta = info | {"sensitive": False, "guarantee": _release_guarantee(plan, session)}
-    write_latents(
-        storage.join(cfg.out, LATENTS),
-        released.latents,
-        released.labels,
-        meta,
-        seed=cfg.seed,
-        label_vectors=released.label_vectors,
-    )
-    stages.append(
-        {
-            "name": "latents",
-            "wall_time_s": time.perf_counter() - t,
-            "details": {"mode": cfg.mode, "dim": int(released.latents.shape[1])},
-        }
-    )
-    return model, released.latents, released.labels, info
+    return outcome.model, outcome.as_details()
 
 
 def _stage2(
@@ -705,7 +714,10 @@ def _stage2(
     stage1_events: list | None = None,
     n_records: int | None = None,
 ):
-    """Train the stage-2 model, or with `tune.trials` search for it (`_tuned_stage2`)."""
+    """Train the stage-2 model, or with `tune.trials` search for it (`_tuned_stage2`).
+
+    `n_records`: the planned (public) record count; with a Poisson subset the realised number
+    of latents differs and must not steer planning."""
     cfg = ctx.cfg
     t = time.perf_counter()
     if release_uri is not None and cfg.stage2.released_model == "deconvolution":
@@ -718,7 +730,7 @@ def _stage2(
                 "details": {"dp_sgd": False, "components": model.log_weights.numel()},
             }
         )
-        _save_model(model, storage.join(cfg.out, DIFFUSION_CKPT))
+        save_model(model, ctx.layout.diffusion)
         return model
     if cfg.tune.trials:
         if latents_uri is None or stage1_events is None:
@@ -744,10 +756,9 @@ def _stage2(
         session=session if plan else None,
         device=cfg.device,
         seed=cfg.seed,
+        key=MechanismKey.fresh("stage2-dpsgd") if plan else None,
         progress=cfg.progress,
-        on_step=_progress(
-            ctx.telemetry, ctx.job_id, "diffusion", max(steps, 1), cfg.stage2.batch_size
-        ),
+        on_step=_progress(ctx, "diffusion", max(steps, 1), cfg.stage2.batch_size),
     )
     stages.append(
         {
@@ -756,7 +767,7 @@ def _stage2(
             "details": {"dp_sgd": plan is not None, "steps": steps},
         }
     )
-    _save_model(denoiser, storage.join(cfg.out, DIFFUSION_CKPT))
+    save_model(denoiser, ctx.layout.diffusion)
     return denoiser
 
 
@@ -779,9 +790,9 @@ def _tuned_stage2(
         adjacency=ctx.budget.adjacency,
         delta=ctx.budget.delta,
         log=ctx.log,
+        work_dir=ctx.layout.work,
     )
     ctx.tuning, ctx.tuning_events = outcome.section, outcome.events
-    cfg.stage2 = replace(cfg.stage2, **outcome.best["hyperparameters"])
     _report_budget(ctx.telemetry, ctx.ledger, cfg.dataset, ctx.budget)
     stages.append(
         {
@@ -794,14 +805,8 @@ def _tuned_stage2(
             },
         }
     )
-    _save_model(outcome.denoiser, storage.join(cfg.out, DIFFUSION_CKPT))
+    save_model(outcome.denoiser, ctx.layout.diffusion)
     return outcome.denoiser
-
-
-def _save_model(model: torch.nn.Module, uri: str) -> None:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    storage.write_bytes_atomic(uri, buf.getvalue())
 
 
 _MANIFEST_FIELDS = {
@@ -814,9 +819,8 @@ _MANIFEST_FIELDS = {
 }
 
 
-def _read_manifest(from_dir: str) -> dict[str, Any]:
+def _read_manifest(uri: str) -> dict[str, Any]:
     """`stage1.json` of an encode run, checked: a damaged one fails in one line naming it."""
-    uri = storage.join(from_dir, STAGE1_MANIFEST)
     source = storage.redact(uri)
     raw = storage.read_bytes(uri)
     try:
@@ -837,19 +841,6 @@ def _read_manifest(from_dir: str) -> dict[str, Any]:
     return manifest
 
 
-def _load_state(uri: str, model: torch.nn.Module) -> None:
-    """Load a checkpoint into `model`; a damaged or foreign file fails in one short line."""
-    raw = storage.read_bytes(uri)
-    try:
-        # weights_only: a checkpoint is untrusted input and must not run pickled code.
-        model.load_state_dict(torch.load(io.BytesIO(raw), weights_only=True))
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise ValueError(
-            f"{storage.redact(uri)}: not a readable checkpoint for this model ({first})"
-        ) from None
-
-
 def _release_guarantee(plan: PrivacyPlan, session: PrivacySession) -> dict[str, Any]:
     bound = compute_epsilon(session.recorded, plan.delta, plan.adjacency)
     return bound.as_dict() | {"events": [event_to_dict(e) for e in session.recorded]}
@@ -857,67 +848,41 @@ def _release_guarantee(plan: PrivacyPlan, session: PrivacySession) -> dict[str, 
 
 def _privacy_section(ctx: _Context, events, session, bound, n: int) -> dict[str, Any]:
     cfg, ledger, budget = ctx.cfg, ctx.ledger, ctx.budget
-    covered = ["the encoder/decoder weights", "the diffusion model", "the synthetic data set"]
-    if cfg.mode == "released":
-        covered.insert(1, "the released latents (latents/latents.parquet)")
-    if cfg.stage1.mechanism == "lipschitz-vae":
-        covered[:2] = [
-            "the VAE encoder/decoder weights (trained on the private records with DP-SGD; no "
-            "public data set was used)",
-            "the released latents and labels (latents/latents.parquet): one Gaussian release per "
-            "record of [mu(x), scaled one-hot label], mu the encoder mean with a proven Lipschitz "
-            "bound L (exact product of its layers' spectral norms, checked on data), sensitivity "
-            "sqrt((28 L)^2 + 2 b^2) for pixels in [0, 1]^784",
-        ]
-    statement = (
-        f"({epsilon_text(bound.epsilon)}, {bound.delta:g})-differential privacy for each of the "
-        f"{n} training records of {cfg.dataset}, with neighbouring data sets differing by "
-        f"{bound.adjacency.in_words()}. Covered: {', '.join(covered)}; anything computed from "
-        "them alone is post-processing and covered too."
-    )
-    not_covered = [
-        "the number of training records is treated as public (it sets the sampling rate)",
-        "the evaluation metrics and the evaluation classifier: they read the real data",
-        "noise is drawn with torch's default generator (Opacus secure_mode off): floating-point "
-        "side channels are out of scope",
-    ]
-    if cfg.mode == "private":
-        not_covered.insert(
-            0,
-            "latents/latents.parquet: private latents are a sensitive "
-            "intermediate and must not leave the custodian",
-        )
-    else:
-        not_covered.insert(
-            0,
-            "the release is DP only under replace-one adjacency: a record's "
-            "presence (as opposed to its value) is not hidden",
-        )
+    adjacency = Adjacency(bound.adjacency)
+    covered = words.covered_outputs(cfg.mode, cfg.stage1.mechanism)
     spent = ledger.spent(cfg.dataset)
     return {
         "epsilon": bound.epsilon,
         "delta": bound.delta,
         "adjacency": bound.adjacency.value,
+        "adjacency_words": adjacency.in_words(),
         "accountant": bound.accountant,
         "target_epsilon": cfg.epsilon,
         "events": [event_to_dict(e) for e in events],
         "budget": budget.as_dict() | {"spent_epsilon_after_run": spent.epsilon},
         "charge_id": session.charge.charge_id if session else None,
         "ledger": storage.redact(cfg.ledger),
-        "statement": statement,
-        "not_covered": not_covered,
+        "statement": words.statement(
+            bound,
+            n=n,
+            dataset=cfg.dataset,
+            covered=covered,
+            adjacency_words=adjacency.in_words(),
+        ),
+        "randomness": words.RANDOMNESS,
+        "not_covered": words.not_covered(
+            cfg.mode,
+            evaluated=cfg.evaluation.enabled,
+            custodian_losses=cfg.custodian_losses,
+            subset=cfg.subset,
+        ),
     }
 
 
-def _parquet_guarantee(privacy: dict[str, Any], job_id: str, dataset: str) -> dict[str, Any]:
-    keys = ("epsilon", "delta", "adjacency", "accountant", "events", "statement")
-    return {k: privacy[k] for k in keys} | {"run_id": job_id, "dataset": dataset}
-
-
 def _evaluate(cfg: RunConfig, images, labels, data_dir, stages, log) -> dict[str, Any]:
-    empty = {"accuracy": None, "inception_score": None, "classifier_fd": None, "fid": None}
+    """Custodian-only metrics (opt-in): they read the real train/test splits without noise."""
     if not cfg.evaluation.enabled:
-        return empty
+        return dict(EMPTY_METRICS)
     from tdpdm.evaluate.metrics import evaluate_synthetic
 
     t = time.perf_counter()
@@ -939,50 +904,3 @@ def _evaluate(cfg: RunConfig, images, labels, data_dir, stages, log) -> dict[str
     )
     stages.append({"name": "evaluate", "wall_time_s": time.perf_counter() - t, "details": {}})
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}
-
-
-def hardware(device: str) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else cpu
-    return {
-        "device": device,
-        "device_name": name,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count() or 0,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def describe(report: dict[str, Any]) -> str:
-    """The lines a person reads at the end of a run."""
-    p, m = report["privacy"], report["metrics"]
-
-    def fmt(v, pct=False):
-        if v is None:
-            return "n/a"
-        return f"{100 * v:.2f} %" if pct else f"{v:.3f}"
-
-    adjacency = Adjacency(p["adjacency"])
-    lines = [
-        f"guarantee: epsilon = {epsilon_text(p['epsilon'])} (upper bound), delta = {p['delta']:g}, "
-        f"adjacency = {adjacency.value} ({adjacency.in_words()}); accountant: {p['accountant']}",
-        "mechanisms: " + "; ".join(json.dumps(e, sort_keys=True) for e in p["events"]),
-        f"budget {report['dataset']}: spent "
-        f"{epsilon_text(p['budget']['spent_epsilon_after_run'])} of {p['budget']['epsilon']:g}",
-        f"metrics (custodian-only, read real data): accuracy {fmt(m['accuracy'], True)}, "
-        f"IS {fmt(m['inception_score'])}, classifier-FD {fmt(m['classifier_fd'])}, "
-        f"FID {fmt(m['fid'])}",
-        f"wall time: {report['wall_time_s']:.0f} s",
-    ]
-    return "\n".join(lines)

@@ -79,10 +79,13 @@ def make_canaries(
 class CanaryTrainingSet(PrivateTrainingSet):
     """The configured private training set with the design's canaries appended.
 
-    Reading it is reading the private set: the same grant check, the same read counter."""
+    Reading it is reading the private set: the same grant check, the same read counter, and the
+    base's own secret subset draws (a configured subset is drawn by `base`; the canaries are
+    appended after it, each present or absent by its coin alone)."""
 
     def __init__(self, base: PrivateTrainingSet, design: CanaryDesign) -> None:
-        super().__init__(base.dataset, base.data_dir, base.subset, base.seed)
+        super().__init__(base.dataset, base.data_dir, None)  # `open` delegates to `base`
+        self.subset = base.subset
         self.base = base
         self.design = design
 

@@ -71,6 +71,11 @@ def render_audit_html(audit: Mapping[str, Any], figure_png: bytes) -> str:
         _row("canaries (inserted)", f"{audit['canaries']['m']} ({audit['canaries']['inserted']})"),
         _row("canary design", audit["canaries"]["design"]),
         _row("attack (scorer)", f"{audit['scorer']['name']}: {audit['scorer']['description']}"),
+        *(
+            _row(f"attack detail: {k}", v)
+            for k, v in audit["scorer"].get("details", {}).items()
+            if isinstance(v, (str, int, float))
+        ),
         _row("attack AUC", f"{a['auc']:.3f}"),
         *(_row(f"TPR at FPR {k}", f"{v:.3f}") for k, v in a["tpr_at_fpr"].items()),
         _row(

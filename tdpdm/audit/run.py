@@ -2,8 +2,9 @@
 
 The audit run is the configured pipeline (`run_pipeline`) on the private records plus the
 inserted canaries, so it is a mechanism on private data: it is planned for the actual record
-count, reserved on the ledger and settled like any run. The auditor keeps the coins, scores
-every canary from the run's *published* artefacts only, and turns the guesses into a lower
+count, reserved on the ledger and settled like any run, with its own fresh mechanism keys. The
+auditor keeps the coins, scores every canary from the run's *published* artefacts only (its
+`release/` part, plus public facts: config, seed, code), and turns the guesses into a lower
 bound with the one-run method (`tdpdm.privacy.audit_bound`). A sound mechanism gives a lower
 bound below the claimed (accountant) epsilon; a bound above it refutes the claim.
 """
@@ -23,13 +24,12 @@ from tdpdm import __version__
 from tdpdm.audit.canaries import CanaryDesign, CanaryTrainingSet, make_canaries
 from tdpdm.audit.metrics import attack_summary
 from tdpdm.audit.report import audit_figure_png, render_audit_html
-from tdpdm.audit.scoring import RunArtifacts, default_scorer, get_scorer
+from tdpdm.audit.scoring import RunArtifacts, Scorer, default_scorer, get_scorer, scorer_name
 from tdpdm.config import RunConfig
 from tdpdm.data import storage
 from tdpdm.data.catalog import get_spec
 from tdpdm.data.download import ensure_dataset
-from tdpdm.data.private import PrivateTrainingSet
-from tdpdm.pipeline import run_pipeline
+from tdpdm.pipeline import run_pipeline, training_set
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.audit_bound import audit_lower_bound
 from tdpdm.privacy.ledger import Ledger
@@ -66,16 +66,25 @@ def run_audit(
     *,
     canaries: int,
     confidence: float = 0.95,
-    scorer: str | None = None,
+    scorer: str | Scorer | None = None,
     log: Log = print,
 ) -> AuditResult:
-    """Train once on the configured records plus `canaries` canaries; write audit.json/html."""
+    """Train once on the configured records plus `canaries` canaries; write audit.json/html.
+
+    `scorer`: a registered name, a scorer itself (e.g. `ReplayScorer(derivation)`), or None for
+    the mode's default attack."""
     if canaries < 2:
         raise ValueError(f"--canaries must be at least 2, got {canaries}")
     if not (0 < confidence < 1):
         raise ValueError(f"--confidence must be in (0, 1), got {confidence}")
-    scorer_name = scorer or default_scorer(cfg)
-    score_fn = get_scorer(scorer_name)  # unknown names fail before anything is charged
+    if scorer is None or isinstance(scorer, str):
+        score_fn = get_scorer(scorer or default_scorer(cfg))  # unknown names: refused here
+    else:
+        score_fn = scorer
+    name = scorer_name(score_fn)
+    check = getattr(score_fn, "check", None)
+    if check is not None:
+        check(cfg)  # a scorer that cannot attack this configuration: refused before any charge
     run_cfg = copy.deepcopy(cfg)
     run_cfg.out = storage.join(cfg.out, "run")
     run_cfg.evaluation.enabled = False  # the audit needs the artefacts, not utility metrics
@@ -94,16 +103,15 @@ def run_audit(
     data_dir = ensure_dataset(
         cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
     )
-    records = CanaryTrainingSet(
-        PrivateTrainingSet(cfg.dataset, data_dir, cfg.subset, cfg.seed), design
-    )
+    # the configured training set (a subset draws its own secret key), canaries appended
+    records = CanaryTrainingSet(training_set(cfg, data_dir), design)
     log(
         f"audit: {canaries} canaries ({int(design.included.sum())} inserted, "
-        f"{'paired swap' if design.paired else 'add/remove'} design), scorer {scorer_name}"
+        f"{'paired swap' if design.paired else 'add/remove'} design), scorer {name}"
     )
     result = run_pipeline(run_cfg, log=log, records=records)
 
-    log("audit: scoring the canaries from the run's published artefacts ...")
+    log("audit: scoring the canaries from the run's published artefacts (release/) ...")
     raw = np.asarray(
         score_fn(RunArtifacts(run_cfg, run_cfg.out), design.candidates, design.labels),
         dtype=np.float64,
@@ -113,7 +121,7 @@ def run_audit(
     bound = audit_lower_bound(
         scores, design.included, delta=float(privacy["delta"]), confidence=confidence
     )
-    audit = _audit_document(cfg, run_cfg, result.report, design, scorer_name, score_fn, bound)
+    audit = _audit_document(cfg, run_cfg, result.report, design, name, score_fn, bound)
     audit["attack"] = attack_summary(scores, design.included)
     audit["scores"] = {"score": scores.tolist(), "included": design.included.tolist()}
     figure = audit_figure_png(
@@ -145,11 +153,12 @@ def _audit_document(
     run_cfg: RunConfig,
     report: dict[str, Any],
     design: CanaryDesign,
-    scorer_name: str,
+    name: str,
     score_fn: Callable[..., Any],
     bound: Any,
 ) -> dict[str, Any]:
     privacy = report["privacy"]
+    details = getattr(score_fn, "details", None)
     claimed = float(privacy["epsilon"])
     lower = bound.epsilon_lower_bound
     adjacency = Adjacency(privacy["adjacency"])
@@ -192,7 +201,12 @@ def _audit_document(
             "design": design_text,
             "seed": cfg.seed,
         },
-        "scorer": {"name": scorer_name, "description": (score_fn.__doc__ or "").split("\n")[0]},
+        "scorer": {
+            "name": name,
+            "description": " ".join((score_fn.__doc__ or "").split("\n\n")[0].split()),
+            "reads": "the audit run's release/ part and public facts (config, seed, code)",
+        }
+        | ({"details": details} if details else {}),
         "run_out": "run",
         "note": (
             "The audit run is a real run on the private records plus canaries, charged on the "

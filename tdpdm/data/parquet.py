@@ -13,12 +13,14 @@ from tdpdm.data import storage
 from tdpdm.data.errors import DataError
 
 
-def write_table(uri: str, table: pa.Table, metadata: dict[bytes, Any]) -> None:
+def write_table(
+    uri: str, table: pa.Table, metadata: dict[bytes, Any], *, private: bool = False
+) -> None:
     """Write `table` with JSON-encoded schema `metadata` in one atomic put."""
     encoded = {key: json.dumps(value).encode() for key, value in metadata.items()}
     buf = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(encoded), buf)
-    storage.write_bytes_atomic(uri, buf.getvalue())
+    storage.write_bytes_atomic(uri, buf.getvalue(), private=private)
 
 
 def read_table(uri: str) -> pa.Table:

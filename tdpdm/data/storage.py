@@ -213,8 +213,17 @@ def replace_local(tmp_path: str, dest_path: str) -> None:
     _fsync_dir(os.path.dirname(dest_path) or ".")
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write so that a reader never sees a partial file, even if this process dies midway."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(uri: str, data: bytes, *, private: bool = False) -> None:
+    """Write so that a reader never sees a partial file, even if this process dies midway.
+
+    Local files get the usual permissions (0666 less the umask), or 0600 with `private`
+    (custodian-only outputs); the temporary file is always 0600 until it is complete."""
     fs, path = resolve(uri)
     lpath = local_path(uri)
     try:
@@ -229,6 +238,7 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o600 if private else 0o666 & ~_umask())
             os.replace(tmp, lpath)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -237,6 +247,18 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         _fsync_dir(parent)
     except Exception as exc:
         raise _fail(uri, "cannot write", exc) from exc
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a directory (or object-store prefix) and everything under it; absent is fine."""
+    fs, path = resolve(uri)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        return
+    except Exception as exc:
+        raise _fail(uri, "cannot delete", exc) from exc
 
 
 def exists(uri: str) -> bool:

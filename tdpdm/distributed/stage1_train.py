@@ -39,6 +39,7 @@ from torch import nn
 from tdpdm.config import DistributedConfig
 from tdpdm.data import storage
 from tdpdm.distributed.ray_runtime import import_ray, ray_session
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.stages.dpsgd import (
     DPSGDError,
     DPSGDPlan,
@@ -62,8 +63,6 @@ class RayTrainOutcome:
     """Rank 0's time in the DP-SGD loop of the last attempt (no start-up, no restarts)."""
     steps_last_attempt: int
     expected_batch_size: int
-    final_loss: float = float("nan")
-    """Rank 0's last reported loss (for telemetry; NaN when none was reported)."""
 
     @property
     def samples_per_second(self) -> float:
@@ -75,7 +74,6 @@ class RayTrainOutcome:
             "num_workers": self.num_workers,
             "steps": self.steps,
             "samples_per_s": round(self.samples_per_second, 1),
-            "checkpoints": storage.redact(self.run_dir),
         }
 
 
@@ -96,7 +94,7 @@ def train_dpsgd_on_ray(
     cfg: DistributedConfig,
     storage_path: str,
     lr: float,
-    seed: int,
+    key: MechanismKey,
     grad_sample_mode: str = "hooks",
     progress: bool = True,
     run_name: str | None = None,
@@ -104,7 +102,10 @@ def train_dpsgd_on_ray(
     """Train `model_factory()` with DP-SGD on `cfg.num_workers` Ray Train workers.
 
     `model_factory` and `loss_fn` must be picklable (module-level functions or partials).
-    Returns the model of the final checkpoint; charges its steps on `session`."""
+    `key` is the segment's secret mechanism key: it reaches the workers in memory (Ray's object
+    store), and `storage_path` must be custodian-private, since checkpoints and Ray's own run
+    state (which holds the loop's config) can reveal the noise. Returns the model of the final
+    checkpoint; charges its steps on `session`."""
     ray = import_ray()
     from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -122,7 +123,7 @@ def train_dpsgd_on_ray(
                 "loss_fn": loss_fn,
                 "plan": dataclasses.asdict(plan),
                 "lr": lr,
-                "seed": seed,
+                "key": key,
                 "grad_sample_mode": grad_sample_mode,
                 "checkpoint_every": cfg.checkpoint_every,
                 "progress": progress,
@@ -180,7 +181,6 @@ def train_dpsgd_on_ray(
         train_seconds=float(metrics.get("elapsed_s", float("nan"))),
         steps_last_attempt=int(metrics.get("steps_this_attempt", 0)),
         expected_batch_size=plan.expected_batch_size,
-        final_loss=float(metrics.get("loss", float("nan"))),
     )
 
 
@@ -223,9 +223,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
     started = time.perf_counter()
 
     def report(step: int, state: TrainingState | None, loss: float) -> None:
+        # No loss: a batch's mean loss is an unnoised statistic of private records.
         metrics = {
             "step": step,
-            "loss": loss,
             "elapsed_s": time.perf_counter() - started,
             "steps_this_attempt": step - first_step,
         }
@@ -243,7 +243,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         DPSGDPlan(**config["plan"]),
         _Tally(),
         lr=config["lr"],
-        seed=config["seed"],
+        key=config["key"],
         device=str(device),
         progress=config["progress"] and rank == 0,
         grad_sample_mode=config["grad_sample_mode"],

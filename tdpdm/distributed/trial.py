@@ -1,15 +1,22 @@
 """One stage-2 tuning trial: admit, read, train, score, report. Ray-free (the tuner injects
 `admit` and `report`), so the privacy logic is the same wherever trials run.
 
+Randomness (DESIGN.md 3.7, 3.9): the held-out split and the score's fixed noise levels and draws
+come from the run's secret `holdout_key` (one per run, drawn by the tuner), per record: a
+record's role and draws depend only on its own position's draw, so adding a record changes no
+other record's. Each trial draws its own fresh key (`MechanismKey.fresh("tune-trial")`) inside
+the trial, with independent children for its DP-SGD segment ("dpsgd") and its score noise
+("score-noise"). `setup.seed` (the published `--seed`) only seeds initial weights.
+
 Exactness at a stop: Tune stops a trial only while it is blocked in `report`, so every DP-SGD
-step and every noisy score is recorded on the ledger *before* each report leaves the trial.
+step and every noisy score is recorded on the ledger *before* each report leaves the trial; the
+charge is then closed at the trial's full plan anyway (see `trial_budget`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ from tdpdm.distributed.trial_budget import (
 from tdpdm.models.diffusion import alpha_bar
 from tdpdm.privacy.events import Event, PoissonGaussianEvent
 from tdpdm.privacy.ledger import Charge, Ledger
+from tdpdm.privacy.randomness import MechanismKey, bernoulli_roles
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.diffuse import train_diffusion
 from tdpdm.stages.dpsgd import DPSGDPlan
@@ -41,15 +49,24 @@ TUNABLE = ("lr", "hidden", "depth", "ema_decay", "label_dropout", "noise_draws")
 and guidance are not searched: the held-out denoising loss does not depend on them."""
 
 REFUSED, RUNNING, COMPLETED = "refused", "running", "completed"
+HOLDOUT_PURPOSE, TRIAL_PURPOSE = "tune-holdout", "tune-trial"
+SCORE_DRAWS = 4
+"""Fixed (noise level, noise) draws per held-out record in the score."""
 
-ADMISSION_POLL_S = 1.0
 Admit = Callable[[str, list[Event]], "Charge | Refusal"]
 Report = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
 class TrialSetup:
-    """Everything a trial needs; plain data so it pickles to any Ray worker."""
+    """Everything a trial needs; plain data so it pickles to any Ray worker.
+
+    `n_records` is the planned (public) record count the plan was made from; the latents file
+    may hold a different, private number of rows (a Poisson subset), each drawing its own role.
+    `holdout_key` is the run's secret key for the held-out roles and the score's fixed draws:
+    it travels to workers in memory and is never printed (its repr hides it) nor written into a
+    report. `work_dir` is custodian-private (trial checkpoints); `seed` is the public `--seed`,
+    for initial weights only."""
 
     run_id: str
     dataset: str
@@ -61,19 +78,37 @@ class TrialSetup:
     stage2: Stage2Config
     tune: TuneConfig
     plan: TrialPlan
-    out: str
+    work_dir: str
+    holdout_key: MechanismKey
     seed: int
     device: str = "cpu"
 
 
-def checkpoint_uri(out: str, trial_id: str) -> str:
-    return storage.join(out, "tune", trial_id, "diffusion.pt")
+def checkpoint_uri(work_dir: str, trial_id: str) -> str:
+    """A trial's EMA model: custodian-private (the chosen one is released by the pipeline)."""
+    return storage.join(work_dir, "tune", trial_id, "diffusion.pt")
 
 
-def split_indices(n: int, n_holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of record *positions* (never of content): (train, held out)."""
-    order = np.random.default_rng(seed + 7919).permutation(n)
-    return order[n_holdout:], order[:n_holdout]
+def holdout_roles(holdout_key: MechanismKey, n: int, fraction: float) -> np.ndarray:
+    """(n,) bool, True = held out for scoring: one independent secret Bernoulli(`fraction`)
+    draw per record, so adding a record moves no other record between the two parts."""
+    return bernoulli_roles(holdout_key.child("roles"), n, fraction)
+
+
+def score_draws(
+    holdout_key: MechanismKey, records: np.ndarray, dim: int, draws: int = SCORE_DRAWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The score's fixed noise levels t (m, draws) and noises eps (m, draws, dim) of the held
+    out `records` (their positions): each record's from its own child key, so they never
+    depend on which other records are held out."""
+    base = holdout_key.child("score-draws")
+    t = np.empty((len(records), draws))
+    eps = np.empty((len(records), draws, dim))
+    for row, record in enumerate(np.asarray(records, dtype=np.int64)):
+        gen = base.child(int(record)).numpy()
+        t[row] = gen.random(draws)
+        eps[row] = gen.standard_normal((draws, dim))
+    return torch.from_numpy(t).float(), torch.from_numpy(eps).float()
 
 
 class IncrementalRecorder:
@@ -99,35 +134,41 @@ class IncrementalRecorder:
 
 
 class HeldOutScore:
-    """Mean per-record denoising loss on held-out records, at fixed noise levels and draws.
+    """Mean per-record denoising loss on held-out records, at fixed noise levels and draws
+    (`t`, `eps`: one row per held-out record, see `score_draws`).
 
     Private mode releases it with the Gaussian mechanism: each record's loss is clipped to
-    [0, B] and centred, so one record moves the sum by at most B/2 (the clipping norm C of the
-    noise multiplier convention); noise std = multiplier * B/2 on the sum, divided by the public
-    held-out count."""
+    [0, B] and centred, so adding or removing one record moves the sum by at most B/2 (the
+    clipping norm C of the noise multiplier convention); noise std = multiplier * B/2 on the
+    sum (from `noise_key`), then divided by `normaliser`, the EXPECTED held-out count (public),
+    never by the realised one (private). On a DP release (`noise_multiplier` None) the mean over
+    the realised held-out records is post-processing."""
 
     def __init__(
         self,
         latents: np.ndarray,
         labels: np.ndarray,
+        t: torch.Tensor,
+        eps: torch.Tensor,
         *,
         clip: float,
         noise_multiplier: float | None,
-        seed: int,
-        draws: int = 4,
+        normaliser: float,
+        noise_key: MechanismKey | None,
     ) -> None:
-        gen = torch.Generator().manual_seed(seed)
         self.x = torch.from_numpy(np.ascontiguousarray(latents)).float()
         self.y = torch.from_numpy(np.ascontiguousarray(labels)).long()
-        m, d = self.x.shape
-        self.t = torch.rand(m, draws, generator=gen)
-        self.eps = torch.randn(m, draws, d, generator=gen)
-        self.clip, self.noise_multiplier = clip, noise_multiplier
-        self.noise = torch.Generator().manual_seed(seed + 1)
+        if t.shape[0] != len(self.x) or eps.shape[:2] != t.shape:
+            raise ValueError("one row of fixed draws per held-out record is needed")
+        if noise_multiplier is not None and (noise_key is None or not normaliser > 0):
+            raise ValueError("a noisy score needs its mechanism key and a positive normaliser")
+        self.t, self.eps = t, eps
+        self.clip, self.noise_multiplier, self.normaliser = clip, noise_multiplier, normaliser
+        self.noise = noise_key.torch() if noise_key is not None else None
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> float:
-        losses = []
+        losses = [torch.zeros(0)]
         for idx in torch.arange(len(self.x)).split(1024):
             t, eps = self.t[idx], self.eps[idx]
             a = alpha_bar(t).unsqueeze(-1)
@@ -135,29 +176,30 @@ class HeldOutScore:
             pred = model(xt, t, self.y[idx])
             losses.append(((pred - eps) ** 2).mean(dim=(1, 2)))
         clipped = torch.cat(losses).clamp(0.0, self.clip)
-        if self.noise_multiplier is None:  # scored on a DP release: post-processing
-            return float(clipped.mean())
         half = self.clip / 2
+        if self.noise_multiplier is None:  # scored on a DP release: post-processing
+            return float(clipped.mean()) if len(clipped) else half
         noisy = (clipped - half).sum() + self.noise_multiplier * half * torch.randn(
             (), generator=self.noise
         )
-        return float(noisy / len(self.x) + half)
+        return float(noisy / self.normaliser + half)
 
 
-def open_latents(uri: str, n: int, session: PrivacySession | None):
-    """Private latents only under an open charge; a DP release needs none."""
+def open_latents(uri: str, session: PrivacySession | None):
+    """Private latents only under an open charge; a DP release needs none. Their number of
+    rows is private (a Poisson subset has a random size): it is neither checked against the
+    planned count nor put in a message."""
     if session is not None and not session.grant.is_active():
         raise PrivateAccessError("private latents need an open ledger charge for this trial")
     latents, labels, _ = read_latents(uri)
-    if len(latents) != n:
-        raise ValueError(f"{storage.redact(uri)}: {len(latents)} rows, expected {n}")
     return latents, labels
 
 
 def run_trial(
     hyper: dict[str, Any], setup: TrialSetup, trial_id: str, admit: Admit, report: Report
 ) -> None:
-    """Run one trial to its last report (or until Tune stops it at a report)."""
+    """Run one trial to its last report (or until Tune stops it at a report). An admitted
+    trial's charge is closed at its full plan however it ends."""
     plan = setup.plan
     job_id = trial_job_prefix(setup.run_id) + trial_id
     stage2 = dataclasses.replace(setup.stage2, **{k: hyper[k] for k in TUNABLE if k in hyper})
@@ -165,26 +207,25 @@ def run_trial(
     session: PrivacySession | None = None
     if plan.private:
         outcome = admit(job_id, plan.events())
-        while isinstance(outcome, Refusal) and outcome.retry:
-            time.sleep(ADMISSION_POLL_S)  # wait for running trials to settle, then ask again
-            outcome = admit(job_id, plan.events())
-        if isinstance(outcome, Refusal):
+        if isinstance(outcome, Refusal):  # final: nothing is ever freed (see trial_budget)
             report(base | {"status": REFUSED, "reason": outcome.reason})
             return
         session = PrivacySession(Ledger(setup.ledger), outcome)
+    key = MechanismKey.fresh(TRIAL_PURPOSE)  # this trial's own secret randomness
     try:
-        _train_and_report(setup, trial_id, stage2, session, base, report)
-    except SystemExit:  # Tune stopped us inside `report`: everything that ran is recorded
+        _train_and_report(setup, trial_id, stage2, session, key, base, report)
+    except SystemExit:  # Tune stopped us inside `report`
         if session is not None:
-            close_trial_charge(session.ledger, session.charge, False, "stopped by the scheduler")
+            note = "stopped by the scheduler; charged its full plan"
+            close_trial_charge(session.ledger, session.charge, note)
         raise
     except BaseException as err:
         if session is not None:
-            note = f"failed: {type(err).__name__}; charged at its full plan"
-            close_trial_charge(session.ledger, session.charge, True, note)
+            note = f"failed: {type(err).__name__}; charged its full plan"
+            close_trial_charge(session.ledger, session.charge, note)
         raise
     if session is not None:
-        close_trial_charge(session.ledger, session.charge, False, "completed")
+        close_trial_charge(session.ledger, session.charge, "completed; charged its full plan")
 
 
 def _train_and_report(
@@ -192,19 +233,24 @@ def _train_and_report(
     trial_id: str,
     stage2: Stage2Config,
     session: PrivacySession | None,
+    key: MechanismKey,
     base: dict[str, Any],
     report: Report,
 ) -> None:
     plan = setup.plan
-    latents, labels = open_latents(setup.latents_uri, setup.n_records, session)
-    train, held = split_indices(setup.n_records, plan.n_holdout, setup.seed)
-    trial_seed = setup.seed + zlib.crc32(trial_id.encode()) % 100_000
+    latents, labels = open_latents(setup.latents_uri, session)
+    held_out = holdout_roles(setup.holdout_key, len(latents), setup.tune.holdout_fraction)
+    train, held = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+    t, eps = score_draws(setup.holdout_key, held, latents.shape[1])
     score = HeldOutScore(
         latents[held],
         labels[held],
+        t,
+        eps,
         clip=setup.tune.score_clip,
         noise_multiplier=plan.score_noise,
-        seed=trial_seed,
+        normaliser=float(plan.n_holdout),
+        noise_key=key.child("score-noise") if plan.private else None,
     )
     recorder = IncrementalRecorder(session, plan.segment) if session and plan.segment else None
     report_at = plan.report_steps()
@@ -221,7 +267,7 @@ def _train_and_report(
         if last:
             buf = io.BytesIO()
             torch.save(ema.state_dict(), buf)
-            storage.write_bytes_atomic(checkpoint_uri(setup.out, trial_id), buf.getvalue())
+            storage.write_bytes_atomic(checkpoint_uri(setup.work_dir, trial_id), buf.getvalue())
         report(
             base
             | {
@@ -240,7 +286,8 @@ def _train_and_report(
         plan=plan.segment,
         session=recorder,  # type: ignore[arg-type]  # records like a session, in increments
         device=setup.device,
-        seed=trial_seed,
+        seed=setup.seed + zlib.crc32(trial_id.encode()) % 100_000,  # public: initial weights
+        key=key.child("dpsgd") if plan.private else None,
         progress=False,
         on_ema=on_ema,
     )

@@ -2,9 +2,16 @@
 
 Trials run `trial.run_trial` under an ASHA scheduler that sees only each trial's scores: noisy
 (accounted) held-out losses in `private` mode, losses on held-out *released* latents in
-`released` mode (post-processing, free). After the search every trial charge of the run is
-closed (stopped trials at what ran, failed ones at their full plan), the best completed trial
-is chosen by its last score, and every trial goes into the report with its status and events.
+`released` mode (post-processing, free). At most `tune.budgeted_trials` trials are admitted
+per run and every admitted trial is charged its full plan, however it ended (completed,
+stopped early by ASHA, failed): see `trial_budget` for why. After the search every trial charge
+of the run is closed, the best completed trial is chosen by its last score, and every trial
+goes into the report with its status and what it was charged.
+
+The run's secret held-out key (`MechanismKey.fresh("tune-holdout")`) is drawn here once and
+reaches trials inside `TrialSetup`, in memory; nothing Tune persists (its results directory,
+`tuner.pkl`, callbacks) holds the setup. Trial checkpoints and Tune's results directory live
+under the custodian-private `work_dir`, never under the release directory.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ import torch
 
 from tdpdm.config import RunConfig
 from tdpdm.data import storage
+from tdpdm.distributed.ray_runtime import ray_session
 from tdpdm.distributed.trial import (
     COMPLETED,
+    HOLDOUT_PURPOSE,
     REFUSED,
     TUNABLE,
     TrialSetup,
@@ -28,6 +37,7 @@ from tdpdm.distributed.trial import (
     run_trial,
 )
 from tdpdm.distributed.trial_budget import (
+    CHARGING,
     TrialAdmission,
     close_trial_charge,
     plan_trials,
@@ -38,14 +48,17 @@ from tdpdm.models.diffusion import LatentDenoiser
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.events import Event, event_to_dict
 from tdpdm.privacy.ledger import Ledger
+from tdpdm.privacy.randomness import MechanismKey
 
 STOPPED, FAILED = "stopped_by_asha", "failed"
 STRICT_METRICS = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 SCORE_WORDS = {
     "private": (
         "mean per-record denoising loss of the trial's EMA model on a held-out part of the "
-        "private latents (fixed noise levels), clipped to [0, {clip:g}], released with Gaussian "
-        "noise (multiplier {sigma:g}) at every report; each release is on the ledger"
+        "private latents (each record held out by an independent secret draw, fixed secret "
+        "noise levels per record), clipped to [0, {clip:g}], summed with Gaussian noise "
+        "(multiplier {sigma:g}) and divided by the expected held-out count, at every report; "
+        "each release is on the ledger"
     ),
     "released": (
         "mean per-record denoising loss of the trial's EMA model on a held-out part of the "
@@ -73,9 +86,13 @@ def run_tune_search(
     stage1_events: list[Event],
     adjacency: Adjacency,
     delta: float,
+    work_dir: str,
     log: Callable[[str], None] = print,
 ) -> TuneOutcome:
-    """Search, close every trial's charge, pick the best completed trial and load its model."""
+    """Search, close every trial's charge, pick the best completed trial and load its model.
+
+    `work_dir` (local path or URI) is custodian-private: trial checkpoints and, when local,
+    Tune's own results directory go there."""
     t = cfg.tune
     plan = plan_trials(cfg, n_records, adjacency, delta, stage1_events)
     log(
@@ -99,7 +116,8 @@ def run_tune_search(
         stage2=cfg.stage2,
         tune=t,
         plan=plan,
-        out=_absolute(cfg.out),
+        work_dir=_absolute(work_dir),
+        holdout_key=MechanismKey.fresh(HOLDOUT_PURPOSE),
         seed=cfg.seed,
         device=cfg.device,
     )
@@ -111,6 +129,7 @@ def run_tune_search(
         delta,
         adjacency.value,
         list(stage1_events),
+        t.budgeted_trials,
     )
     results = _fit(cfg, setup, admission_args)
     trials = _close_and_describe(setup, results)
@@ -126,7 +145,7 @@ def run_tune_search(
     hyper = best["hyperparameters"]
     model = LatentDenoiser(latent_dim, num_classes, int(hyper["hidden"]), int(hyper["depth"]))
     state = torch.load(
-        io.BytesIO(storage.read_bytes(checkpoint_uri(setup.out, best["trial_id"]))),
+        io.BytesIO(storage.read_bytes(checkpoint_uri(setup.work_dir, best["trial_id"]))),
         weights_only=True,
     )
     model.load_state_dict(state)
@@ -149,6 +168,7 @@ def run_tune_search(
         },
         "score": SCORE_WORDS[cfg.mode].format(clip=t.score_clip, sigma=t.score_noise_multiplier),
         "selection": "lowest last score among completed trials (selection reads only scores)",
+        "charging": CHARGING.format(budgeted=t.budgeted_trials) if plan.private else None,
         "trial_plan": plan.as_dict(),
         "search_space": {k: list(getattr(t, k)) for k in TUNABLE},
         "selected_trial": best["trial_id"],
@@ -167,8 +187,9 @@ def _fit(cfg: RunConfig, setup: TrialSetup, admission_args: tuple) -> list[dict[
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    started_here = _ensure_ray(cfg)
-    try:
+    # One way to start or join Ray: reuse the job's, join distributed.address or RAY_ADDRESS,
+    # else a private local one, stopped at the end (`ray_runtime.ray_session`).
+    with ray_session(cfg.distributed.address, log_to_driver=False):
         admission = None
         if setup.plan.private:
             actor = ray.remote(num_cpus=0)(TrialAdmission)
@@ -186,7 +207,7 @@ def _fit(cfg: RunConfig, setup: TrialSetup, admission_args: tuple) -> list[dict[
             run_trial(config, setup, trial_id, admit, tune.report)
 
         t = setup.tune
-        tracker = _trial_tracker(setup)
+        tracker = _trial_tracker(setup.ledger, setup.dataset, setup.run_id)
         space = {k: tune.choice(list(getattr(t, k))) for k in TUNABLE}
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
@@ -208,7 +229,7 @@ def _fit(cfg: RunConfig, setup: TrialSetup, admission_args: tuple) -> list[dict[
             ),
             run_config=tune.RunConfig(
                 name=setup.run_id,
-                storage_path=_absolute(storage.join(cfg.cache_dir, "ray_results")),
+                storage_path=_tune_storage(cfg, setup.work_dir),
                 verbose=1 if cfg.progress else 0,
                 failure_config=tune.FailureConfig(max_failures=0),
                 callbacks=[tracker],
@@ -225,16 +246,22 @@ def _fit(cfg: RunConfig, setup: TrialSetup, admission_args: tuple) -> list[dict[
             else:
                 os.environ[STRICT_METRICS] = strict
         return list(tracker.trials.values())
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
-def _trial_tracker(setup: TrialSetup):
+def _tune_storage(cfg: RunConfig, work_dir: str) -> str:
+    """Tune's results directory (trial results, errors, experiment state): custodian-private,
+    under `work_dir` when it is local; on an object store it stays in the local cache as
+    before (Tune's own filesystem layer does not share tdpdm's storage settings)."""
+    if storage.local_path(work_dir) is not None:
+        return _absolute(storage.join(work_dir, "ray_results"))
+    return _absolute(storage.join(cfg.cache_dir, "ray_results"))
+
+
+def _trial_tracker(ledger_uri: str, dataset: str, run_id: str):
     """A Tune callback (it runs in the driver) that follows every trial: its hyperparameters,
-    the scores it reported, how it ended; and that closes its charge as soon as Tune ends it,
-    so budget a stopped trial did not use is free for the trials waiting to be admitted. Tune
-    only stops a trial while it waits in `report`, after it recorded everything it ran."""
+    the scores it reported, how it ended; and that closes its charge (at its full plan) as soon
+    as Tune ends it. It holds only public names, never the trial setup: Tune pickles callbacks
+    into its results directory."""
     from ray import tune
 
     class TrialTracker(tune.Callback):
@@ -266,42 +293,35 @@ def _trial_tracker(setup: TrialSetup):
             self._close(trial, failed="score" not in (trial.last_result or {}))
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            error = trial.get_error()
-            first = str(error).strip().splitlines()[-1] if error else "the trial failed"
-            self._entry(trial)["error"] = first[:300]
+            self._entry(trial)["error"] = _error_kind(trial.get_error())
             self._close(trial, failed=True)
 
         def _close(self, trial, failed: bool) -> None:
             self._entry(trial)
-            ledger = Ledger(setup.ledger)
-            job_id = trial_job_prefix(setup.run_id) + trial.trial_id
-            for charge in trial_charges(ledger, setup.dataset, setup.run_id):
+            ledger = Ledger(ledger_uri)
+            job_id = trial_job_prefix(run_id) + trial.trial_id
+            for charge in trial_charges(ledger, dataset, run_id):
                 if charge.job_id == job_id:
-                    note = "failed: charged at its full plan" if failed else "ended by Tune"
-                    close_trial_charge(ledger, charge, failed, note)
+                    ended = "failed" if failed else "ended by Tune"
+                    close_trial_charge(ledger, charge, f"{ended}; charged its full plan")
 
     return TrialTracker()
 
 
-def _ensure_ray(cfg: RunConfig) -> bool:
-    """Join `distributed.address` or the cluster of a Ray job (RAY_ADDRESS), else start a
-    private local Ray: `address="local"`, because a bare `ray.init()` attaches to whatever
-    `ray start` cluster this machine ran last. True if started here (then stopped after)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    distributed = getattr(cfg, "distributed", None)
-    address = getattr(distributed, "address", None) or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    return True
+def _error_kind(error: BaseException | None) -> str:
+    """What the report says of a failed trial: the exception's type only. Its message may
+    carry private values (DESIGN.md 3.8); the full traceback stays in Tune's results directory,
+    under the custodian-private work_dir."""
+    if error is None:
+        return "failed"
+    cause = getattr(error, "cause", None)  # RayTaskError wraps the trial's own exception
+    name = type(cause if isinstance(cause, BaseException) else error).__name__
+    return f"failed: {name} (message withheld: see the custodian's Tune logs)"
 
 
 def _close_and_describe(setup: TrialSetup, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Close every trial charge left open, then describe each trial from results and ledger."""
+    """Close every trial charge left open (at its full plan), then describe each trial from
+    results and ledger: `steps`/`reports` are what it ran, `events` what it was charged."""
     ledger = Ledger(setup.ledger)
     by_trial = {r["trial_id"]: r for r in results}
     prefix = trial_job_prefix(setup.run_id)
@@ -309,11 +329,8 @@ def _close_and_describe(setup: TrialSetup, results: list[dict[str, Any]]) -> lis
         c.job_id.removeprefix(prefix): c for c in trial_charges(ledger, setup.dataset, setup.run_id)
     }
     for trial_id, charge in charges.items():
-        r = by_trial.get(trial_id)
-        reported = bool(r and r["scores"])
-        failed = r is None or r["error"] is not None or not reported
-        note = "failed: charged at its full plan" if failed else "closed after the search"
-        charges[trial_id] = close_trial_charge(ledger, charge, failed, note)
+        note = "closed after the search; charged its full plan"
+        charges[trial_id] = close_trial_charge(ledger, charge, note)
     trials = []
     for trial_id, r in sorted(by_trial.items()):
         m = r["metrics"]
@@ -341,6 +358,7 @@ def _close_and_describe(setup: TrialSetup, results: list[dict[str, Any]]) -> lis
                 "reason": m.get("reason") or r["error"],
                 "charge_id": charge.charge_id if charge else None,
                 "events": [event_to_dict(e) for e in charge.spent] if charge else [],
+                "charged": "full plan" if charge else "nothing",
                 "selected": False,
             }
         )

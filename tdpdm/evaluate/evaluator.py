@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tdpdm.data import storage
 from tdpdm.evaluate.training import train_classifier, validate_image_set
 from tdpdm.models.classifier import DPDMClassifier
 
@@ -46,18 +46,11 @@ def evaluator_cache_path(
 
 
 def _atomic_save(state: dict, path: Path) -> None:
-    """Write then rename, so a crash or a concurrent reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write then rename (the one atomic write, `storage.write_bytes_atomic`), so a crash or a
+    concurrent reader never sees a half-written file. Private: it was trained on real data."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    storage.write_bytes_atomic(str(path), buf.getvalue(), private=True)
 
 
 def load_or_train_evaluator(

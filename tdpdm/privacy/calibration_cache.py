@@ -13,11 +13,11 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tdpdm.data import storage
 from tdpdm.privacy.events import Event, event_to_dict
 
 CACHE_FORMAT = 1
@@ -87,12 +87,5 @@ def store(key: str, sigma: float) -> None:
         entries[key] = float(sigma)
         while len(entries) > MAX_ENTRIES:
             entries.pop(next(iter(entries)))
-        fd, tmp = tempfile.mkstemp(prefix=".calibration.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"format": CACHE_FORMAT, "entries": entries}, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        data = json.dumps({"format": CACHE_FORMAT, "entries": entries}).encode()
+        storage.write_bytes_atomic(str(path), data, private=True)

@@ -25,7 +25,7 @@ from tdpdm.privacy.events import (
     event_from_dict,
     event_to_dict,
 )
-from tdpdm.privacy.ledger_store import Document, LedgerStore, open_store
+from tdpdm.privacy.store import Document, LedgerStore, open_store
 
 OPEN, SETTLED, CANCELLED = "open", "settled", "cancelled"
 
@@ -223,6 +223,25 @@ class Ledger:
                 raise LedgerError(f"charge {charge_id} is {charge.status}; cannot record")
             _check_within_plan(charge, event)
             _merge(charge.spent, event)
+            charge.updated = _now()
+            doc["datasets"][dataset]["charges"][index] = charge.as_dict()
+            return charge
+
+        return self.store.transact(apply)
+
+    def record_rest_of_plan(self, charge_id: str) -> Charge:
+        """Record, per mechanism of the plan, whatever of it is not recorded yet (one atomic
+        write): the open charge then holds its full plan as spent, whatever the job ran."""
+
+        def apply(doc: Document) -> Charge:
+            dataset, index, charge = _find(doc, charge_id)
+            if charge.status != OPEN:
+                raise LedgerError(f"charge {charge_id} is {charge.status}; cannot record")
+            for planned in charge.planned:
+                allowed = sum(_amount(p) for p in charge.planned if _same_mechanism(p, planned))
+                used = sum(_amount(s) for s in charge.spent if _same_mechanism(s, planned))
+                if allowed > used:
+                    _merge(charge.spent, _with_amount(planned, allowed - used))
             charge.updated = _now()
             doc["datasets"][dataset]["charges"][index] = charge.as_dict()
             return charge

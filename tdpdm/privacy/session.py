@@ -52,6 +52,12 @@ class PrivacySession:
         self.charge = self.ledger.settle(self.charge.charge_id, note)
         return self.charge
 
+    def settle_at_full_plan(self, note: str) -> Charge:
+        """Close a job that failed after reading records at its whole plan: what ran is not
+        all it may have revealed (whether and how it failed can depend on the records)."""
+        self.charge = self.ledger.record_rest_of_plan(self.charge.charge_id)
+        return self.settle(note)
+
     def cancel_unread(self, note: str) -> Charge:
         """Release the reservation of a job that failed before reading any record."""
         self.charge = self.ledger.cancel(self.charge.charge_id, note)

@@ -1,6 +1,7 @@
 """Report layer: run report schema, sample grids, plots and the self-contained HTML page.
 
-Bottom floor: imports nothing from other tdpdm subpackages, so any stage can report. Plots live
+Bottom floor: imports only the data layer's `storage` (the one atomic write), so any stage can
+report. Plots live
 in :mod:`tdpdm.report.plots` (not re-exported, to keep matplotlib out of plain imports).
 """
 

@@ -170,6 +170,7 @@ def _view(report: Mapping[str, Any]) -> dict[str, Any]:
             for k in keys
         ],
         "metrics_note": report["metrics_note"],
+        "evaluated": any(metrics.get(k) is not None for k in keys),
         "wall_time": fmt_seconds(report["wall_time_s"]),
         "stages": [
             {

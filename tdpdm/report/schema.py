@@ -11,10 +11,11 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from tdpdm.data import storage
 
 ADJACENCIES = ("add_remove", "replace_one")
 MODES = ("private", "released")
@@ -281,19 +282,7 @@ def report_to_json(report: Mapping[str, Any]) -> str:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write via a temporary file in the same directory and os.replace, so readers never see a
     half-written file and a crash leaves the previous version intact."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others.
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    storage.write_bytes_atomic(os.fspath(path), text.encode("utf-8"))
 
 
 def write_report_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> None:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from tdpdm.config import Stage2Config
 from tdpdm.models.diffusion import LatentDenoiser, diffusion_loss
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
 
@@ -45,13 +46,16 @@ def train_diffusion(
     session: PrivacySession | None,
     device: str,
     seed: int,
+    key: MechanismKey | None = None,
     progress: bool = True,
     on_step: StepCallback | None = None,
     on_ema: Callable[[int, nn.Module], None] | None = None,
 ) -> LatentDenoiser:
     """DP-SGD when `plan` is given (private latents), plain Adam otherwise (released ones).
 
-    `on_ema(step, ema_model)` runs after every step (Tune scores the EMA model mid-run)."""
+    `seed` sets the public initial weights (and, on a DP release, the batch order); `key` is
+    the DP-SGD segment's secret randomness, required with `plan`. `on_ema(step, ema_model)` runs
+    after every step (Tune scores the EMA model mid-run)."""
     torch.manual_seed(seed)
     model = LatentDenoiser(latents.shape[1], num_classes, cfg.hidden, cfg.depth).to(device)
     ema = EMA(model, cfg.ema_decay)
@@ -69,8 +73,8 @@ def train_diffusion(
             on_ema(step, ema.model)
 
     if plan is not None:
-        if session is None:
-            raise ValueError("DP-SGD training needs a privacy session")
+        if session is None or key is None:
+            raise ValueError("DP-SGD training needs a privacy session and a mechanism key")
         train_dpsgd(
             model,
             [x, y],
@@ -78,7 +82,7 @@ def train_diffusion(
             plan,
             session,
             lr=cfg.lr,
-            seed=seed,
+            key=key,
             device=device,
             on_step=after_step,
             progress=progress,

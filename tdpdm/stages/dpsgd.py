@@ -14,7 +14,15 @@ batch at that rate over all records; the logical batch is global. Opacus's distr
 adds the noise on rank 0 only, and the per-rank expected batch is the global one over the world
 size, so the all-reduced update is (clipped global sum + N(0, (sigma C)^2)) / global expected
 batch: the single-process mechanism. `TrainingState` snapshots (model, optimizer, step, every
-rank's sampling and noise generator) let a restarted run continue at the exact step.
+rank's sampling, noise and loss generator) let a restarted run continue at the exact step.
+
+Randomness. The Poisson masks, the Gaussian noise and the per-record loss randomness (diffusion
+timesteps, VAE sampling noise, dropout) come from the segment's secret `MechanismKey`, one child
+per rank and purpose, never from the public `--seed` (see `tdpdm.privacy.randomness`). A
+`TrainingState` therefore holds secret generator states: it is custodian-private, never released.
+The loss is not shown on the progress bar: a batch's mean loss is an unnoised statistic of
+private records (the `on_step` callback still receives it, in-process, for an opt-in custodian
+log).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from opacus import GradSampleModule
 from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
@@ -44,6 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tdpdm.privacy.events import Event, PoissonGaussianEvent
+from tdpdm.privacy.randomness import MechanismKey, uniform_shards
 
 
 class DPSGDError(RuntimeError):
@@ -120,7 +130,8 @@ class TrainingState:
     """Everything a restarted DP-SGD run needs to continue at step `step` as if never stopped.
 
     The generator states matter for privacy, not only for reproducibility: a restart that
-    re-seeded would redraw the noise of step 1 at step `step + 1`, i.e. reuse noise."""
+    re-seeded would redraw the noise of step 1 at step `step + 1`, i.e. reuse noise. They are
+    as secret as the mechanism key: a snapshot is custodian-private and never published."""
 
     step: int
     model: dict[str, torch.Tensor]
@@ -128,6 +139,8 @@ class TrainingState:
     sampler_rng: list[torch.Tensor]
     """One per rank, in rank order."""
     noise_rng: list[torch.Tensor]
+    loss_rng: list[torch.Tensor]
+    """The global torch generator's state on each rank (per-record loss randomness)."""
 
     @property
     def world_size(self) -> int:
@@ -145,17 +158,21 @@ class PoissonBatches:
     Used instead of Opacus's `DPDataLoader` because its distributed sampler silently skips a
     rank's empty local batch (the ranks then fall out of step and the batch is no longer a
     Poisson draw), and because a checkpoint needs the generator state at step granularity. With
-    several ranks, a seeded permutation splits the records once into disjoint shares; every
-    record is still included independently with probability `rate`."""
+    several ranks, each record is assigned to a rank by its own independent draw (never by a
+    permutation of positions, which would tie a record's shard to the others); every record is
+    still included independently with probability `rate`. All draws come from the secret
+    `key`."""
 
-    def __init__(self, n_records: int, rate: float, *, seed: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self, n_records: int, rate: float, *, key: MechanismKey, rank: int = 0, world: int = 1
+    ):
         self.rate = rate
         if world == 1:
             self.indices = torch.arange(n_records)
         else:
-            perm = torch.randperm(n_records, generator=torch.Generator().manual_seed(seed))
-            self.indices = perm[rank::world]
-        self.generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)
+            shard = uniform_shards(key.child("shards"), n_records, world)
+            self.indices = torch.from_numpy(np.flatnonzero(shard == rank))
+        self.generator = key.child("sampler", rank).torch()
 
     def next_batch(self) -> torch.Tensor:
         """Positions (into the full record set) of the next batch."""
@@ -184,7 +201,7 @@ def train_dpsgd(
     session: StepRecorder,
     *,
     lr: float,
-    seed: int,
+    key: MechanismKey,
     device: str,
     weight_decay: float = 0.0,
     on_step: StepCallback | None = None,
@@ -199,7 +216,10 @@ def train_dpsgd(
     """Train `model` in place with DP-SGD for exactly `plan.steps` Poisson-sampled steps.
 
     `loss_fn(model, batch)` returns per-record losses (B,). The steps that ran in this call are
-    recorded on `session` even if training fails part way. `make_optimizer(params, lr=,
+    recorded on `session` even if training fails part way. `key` is the segment's secret
+    mechanism key (masks, noise and the loss's own randomness; see the module docstring); the
+    sampling rate is the plan's, whatever the number of records handed in (a Poisson subset or
+    held-out split has a random size, the rate stays public and fixed). `make_optimizer(params, lr=,
     weight_decay=)` defaults to Adam. `distributed`: this process is one rank of an initialised
     `torch.distributed` group and `tensors` are all records (each rank samples its share).
     `resume` continues from a snapshot; `on_checkpoint` gets one every `checkpoint_every` steps
@@ -208,12 +228,8 @@ def train_dpsgd(
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise DPSGDError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
     n = len(tensors[0])
-    rate = plan.expected_batch_size / n
-    if not math.isclose(rate, plan.sampling_rate, rel_tol=1e-12):
-        raise DPSGDError(
-            f"{plan.stage}: sampling rate {rate:.6g} for {n} records differs from the planned "
-            f"{plan.sampling_rate:.6g}"
-        )
+    if not 0.0 < plan.sampling_rate <= 1.0:
+        raise DPSGDError(f"{plan.stage}: sampling rate {plan.sampling_rate:.6g} not in (0, 1]")
     rank, world = _rank_and_world(distributed)
     keep_freed_memory()
     if resume is not None:
@@ -235,8 +251,11 @@ def train_dpsgd(
         )
     else:
         gs_model = GradSampleModule(wrapped, batch_first=True, loss_reduction="mean")
-    sampler = PoissonBatches(n, plan.sampling_rate, seed=seed, rank=rank, world=world)
-    noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    if not isinstance(key, MechanismKey):
+        raise DPSGDError(f"{plan.stage}: DP-SGD needs a secret MechanismKey, not {type(key)}")
+    sampler = PoissonBatches(n, plan.sampling_rate, key=key, rank=rank, world=world)
+    noise_generator = key.child("noise", rank).torch(device)
+    loss_generator = key.child("loss", rank).torch()
     optimizer_cls = {
         (False, False): DPOptimizer,
         (True, False): DPOptimizerFastGradientClipping,
@@ -260,6 +279,7 @@ def train_dpsgd(
         optimizer.load_state_dict(resume.optimizer)
         sampler.generator.set_state(resume.sampler_rng[rank])
         noise_generator.set_state(resume.noise_rng[rank])
+        loss_generator.set_state(resume.loss_rng[rank])
         start = resume.step
 
     done = start
@@ -270,39 +290,47 @@ def train_dpsgd(
         disable=not progress or rank != 0,
         unit="step",
     )
-    try:
-        while done < plan.steps:
-            positions = sampler.next_batch()
-            batch = [t[positions].to(device) for t in tensors]
-            optimizer.zero_grad(set_to_none=True)
-            if len(batch[0]) == 0:
-                _noise_only_step(gs_model, ghost)
-                loss_value = float("nan")
-            else:
-                losses = loss_fn(gs_model, batch)
-                loss_value = float(losses.detach().mean())
-                if not math.isfinite(loss_value):
-                    raise DPSGDError(f"{plan.stage}: loss became {loss_value} at step {done}")
-                if ghost:
-                    DPTensorFastGradientClipping(gs_model, optimizer, losses, "mean").backward()
+    # The loss's own randomness (torch's global generators) runs on the secret loss stream for
+    # the whole loop; the caller's global generators are restored afterwards.
+    on_cuda = str(device).startswith("cuda")
+    with torch.random.fork_rng(devices=[torch.device(device)] if on_cuda else []):
+        torch.default_generator.set_state(loss_generator.get_state())
+        if on_cuda:  # not restored on resume: a resumed GPU run redraws loss randomness
+            cuda_seed = key.child("loss-cuda", rank, start).torch().initial_seed()
+            torch.cuda.manual_seed(cuda_seed)
+        try:
+            while done < plan.steps:
+                positions = sampler.next_batch()
+                batch = [t[positions].to(device) for t in tensors]
+                optimizer.zero_grad(set_to_none=True)
+                if len(batch[0]) == 0:
+                    _noise_only_step(gs_model, ghost)
+                    loss_value = float("nan")
                 else:
-                    losses.mean().backward()
-            optimizer.step()
-            done += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            if on_step is not None:
-                on_step(done, loss_value)
-            if on_checkpoint is not None and (
-                done == plan.steps or (checkpoint_every and done % checkpoint_every == 0)
-            ):
-                state = _snapshot(model, optimizer, sampler, noise_generator, done, distributed)
-                on_checkpoint(done, state, loss_value)
-    finally:
-        bar.close()
-        if done > start:
-            session.record(plan.event(steps=done - start))
-        gs_model._close()
+                    losses = loss_fn(gs_model, batch)
+                    loss_value = float(losses.detach().mean())
+                    if not math.isfinite(loss_value):
+                        # no value, no position: only that training diverged
+                        raise DPSGDError(f"{plan.stage}: the loss became non-finite")
+                    if ghost:
+                        DPTensorFastGradientClipping(gs_model, optimizer, losses, "mean").backward()
+                    else:
+                        losses.mean().backward()
+                optimizer.step()
+                done += 1
+                bar.update(1)
+                if on_step is not None:
+                    on_step(done, loss_value)
+                if on_checkpoint is not None and (
+                    done == plan.steps or (checkpoint_every and done % checkpoint_every == 0)
+                ):
+                    state = _snapshot(model, optimizer, sampler, noise_generator, done, distributed)
+                    on_checkpoint(done, state, loss_value)
+        finally:
+            bar.close()
+            if done > start:
+                session.record(plan.event(steps=done - start))
+            gs_model._close()
     model.eval()
     return model
 
@@ -324,7 +352,11 @@ def _snapshot(
     distributed: bool,
 ) -> TrainingState | None:
     """Rank 0 gathers every rank's generator states (a collective: all ranks call this)."""
-    rngs = (sampler.generator.get_state(), noise_generator.get_state())
+    rngs = (
+        sampler.generator.get_state(),
+        noise_generator.get_state(),
+        torch.default_generator.get_state(),
+    )
     if distributed:
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, rngs)
@@ -338,6 +370,7 @@ def _snapshot(
         optimizer=_to_cpu(optimizer.state_dict()),
         sampler_rng=[g[0] for g in gathered],
         noise_rng=[g[1] for g in gathered],
+        loss_rng=[g[2] for g in gathered],
     )
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from tdpdm.config import Stage1Config
 from tdpdm.models.autoencoder import ConvAutoencoder
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
 
@@ -43,9 +44,11 @@ def train_autoencoder(
     *,
     device: str,
     seed: int,
+    key: MechanismKey,
     progress: bool = True,
     on_step: StepCallback | None = None,
 ) -> ConvAutoencoder:
+    """`seed`: the public initial weights; `key`: the DP-SGD segment's secret randomness."""
     model = new_autoencoder(cfg, seed)
     train_dpsgd(
         model,
@@ -54,7 +57,7 @@ def train_autoencoder(
         plan,
         session,
         lr=cfg.lr,
-        seed=seed,
+        key=key,
         device=device,
         on_step=on_step,
         progress=progress,

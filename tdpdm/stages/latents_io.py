@@ -24,16 +24,20 @@ def write_latents(
     latents: np.ndarray,
     labels: np.ndarray,
     metadata: dict[str, Any],
-    seed: int,
+    seed: int | np.random.Generator,
     label_vectors: np.ndarray | None = None,
+    *,
+    private: bool = False,
 ) -> None:
     """`label_vectors` (released mode only): each row's noisy one-hot label, kept as a column
-    `label_vector` because stage 2 needs more than its arg-max."""
+    `label_vector` because stage 2 needs more than its arg-max. Rows are shuffled by `seed` (the
+    pipeline passes a secret generator); `private` files are written 0600."""
     if latents.ndim != 2 or len(latents) != len(labels):
         raise ValueError(f"latents {latents.shape} and labels {labels.shape} do not match")
     if not np.isfinite(latents).all():
         raise ValueError("latents contain NaN or inf; refusing to write them")
-    order = np.random.default_rng(seed).permutation(len(latents))
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    order = rng.permutation(len(latents))
     d = latents.shape[1]
     flat = pa.array(latents[order].astype(np.float32).reshape(-1))
     columns = {
@@ -46,7 +50,7 @@ def write_latents(
             pa.array(lv.reshape(-1)), lv.shape[1]
         )
     table = pa.table(columns)
-    write_table(uri, table, {META_KEY: metadata})
+    write_table(uri, table, {META_KEY: metadata}, private=private)
 
 
 def read_latents(

@@ -18,6 +18,7 @@ import numpy as np
 
 from tdpdm.config import ReleaseConfig
 from tdpdm.privacy.events import GaussianEvent
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 
 
@@ -49,6 +50,11 @@ def release_scales(latent_dim: int, cfg: ReleaseConfig) -> tuple[float, float]:
     return latent, cfg.clip_norm * cfg.label_scale
 
 
+def release_noise(key: MechanismKey, shape: tuple[int, ...], std: float) -> np.ndarray:
+    """The release's Gaussian noise, drawn from the secret mechanism key."""
+    return key.numpy().normal(0.0, std, size=shape)
+
+
 def release_latents(
     latents: np.ndarray,
     labels: np.ndarray,
@@ -57,8 +63,10 @@ def release_latents(
     cfg: ReleaseConfig,
     event: GaussianEvent,
     session: PrivacySession,
-    seed: int,
+    key: MechanismKey,
 ) -> ReleasedLatents:
+    """One Gaussian release of every record's vector; the noise comes from the secret `key`
+    (fresh OS entropy, never the public seed: whoever could regenerate it could subtract it)."""
     n, d = latents.shape
     latent_scale, label_scale = release_scales(d, cfg)
     onehot = np.zeros((n, num_classes), dtype=np.float64)
@@ -66,9 +74,8 @@ def release_latents(
     vectors = np.concatenate([latents.astype(np.float64) * latent_scale, onehot], axis=1)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors *= np.minimum(1.0, cfg.clip_norm / np.maximum(norms, 1e-12))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E1EA5E]))
     std = event.noise_multiplier * cfg.clip_norm
-    released = vectors + rng.normal(0.0, std, size=vectors.shape)
+    released = vectors + release_noise(key, vectors.shape, std)
     session.record(event)
     label_part = released[:, d:] / label_scale
     return ReleasedLatents(

@@ -95,8 +95,10 @@ class Telemetry:
     def stage(self, run_id: str, stage: str, progress: float) -> None:
         """Report a stage's progress in [0, 1]; also marks the run as making progress now."""
 
-    def step(self, stage: str, steps: int, loss: float, samples_per_s: float) -> None:
-        """Report `steps` optimizer steps done since the last call, with the latest loss."""
+    def step(self, stage: str, steps: int, loss: float | None, samples_per_s: float) -> None:
+        """Report `steps` optimizer steps done since the last call. `loss` is None unless the
+        custodian opted in (`custodian_losses`): a batch loss is an unnoised statistic of
+        private records."""
 
     def trial(self, state: str, count: int) -> None:
         """Report how many Tune trials are in `state`."""
@@ -121,7 +123,7 @@ class FanoutTelemetry(Telemetry):
         for sink in self.sinks:
             sink.stage(run_id, stage, progress)
 
-    def step(self, stage: str, steps: int, loss: float, samples_per_s: float) -> None:
+    def step(self, stage: str, steps: int, loss: float | None, samples_per_s: float) -> None:
         for sink in self.sinks:
             sink.step(stage, steps, loss, samples_per_s)
 

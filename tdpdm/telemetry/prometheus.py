@@ -60,12 +60,13 @@ class PrometheusTelemetry(Telemetry):
         )
         self._touch(run_id)
 
-    def step(self, stage: str, steps: int, loss: float, samples_per_s: float) -> None:
+    def step(self, stage: str, steps: int, loss: float | None, samples_per_s: float) -> None:
         if steps < 0:
             raise ValueError(f"steps is an increment and cannot be negative: {steps}")
         m = self._metrics
         m["tdpdm_training_steps_total"].labels(stage=stage).inc(steps)
-        m["tdpdm_training_loss"].labels(stage=stage).set(loss)
+        if loss is not None:  # None unless the custodian opted in to unnoised losses
+            m["tdpdm_training_loss"].labels(stage=stage).set(loss)
         m["tdpdm_training_samples_per_second"].labels(stage=stage).set(samples_per_s)
         with self._lock:
             run_id = self._last_run_id

@@ -88,12 +88,13 @@ class RayTelemetry(Telemetry):
         )
         self._touch(run_id)
 
-    def step(self, stage: str, steps: int, loss: float, samples_per_s: float) -> None:
+    def step(self, stage: str, steps: int, loss: float | None, samples_per_s: float) -> None:
         if steps < 0:
             raise ValueError(f"steps is an increment and cannot be negative: {steps}")
         if steps > 0:  # Ray's Counter.inc refuses 0
             self._metrics["tdpdm_training_steps_total"].inc(float(steps), tags={"stage": stage})
-        self._set("tdpdm_training_loss", loss, stage=stage)
+        if loss is not None:  # None unless the custodian opted in to unnoised losses
+            self._set("tdpdm_training_loss", loss, stage=stage)
         self._set("tdpdm_training_samples_per_second", samples_per_s, stage=stage)
         with self._lock:
             run_id = self._last_run_id

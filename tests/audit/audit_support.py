@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,13 @@ def datasets_root() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+def seed_derived_key() -> Callable[[int, str], int]:
+    """`seed_derived_key` of tests/mechanism_keys.py (the flaw of issue 11)."""
+    from mechanism_keys import seed_derived_key as derive
+
+    return derive
 
 
 def audit_overrides(root: Path, data_dir: Path, mode: str, epsilon: float) -> dict[str, Any]:
@@ -48,4 +56,9 @@ def summary(label: str, audit: dict[str, Any]) -> str:
         f"{audit['bound']['epsilon_lower_bound']:.3f} ({bound['correct']}/{bound['guesses']} "
         f"guesses right), AUC {audit['attack']['auc']:.3f}, TPR@1%FPR "
         f"{audit['attack']['tpr_at_fpr']['0.01']:.3f}"
+        + (
+            f", replay rows matched {details['rows_matched']:.3f} ({details['derivation']})"
+            if (details := audit["scorer"].get("details")) and "rows_matched" in details
+            else ""
+        )
     )

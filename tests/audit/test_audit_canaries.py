@@ -16,6 +16,7 @@ from tdpdm.data.private import PrivateAccessError, PrivateTrainingSet
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.events import GaussianEvent
 from tdpdm.privacy.ledger import Ledger
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 
 
@@ -50,9 +51,12 @@ def test_design_is_seeded_and_coins_are_fair():
 
 def test_canary_training_set_is_read_only_under_a_ledger_charge(tmp_path: Path, shared_datasets):
     design = make_canaries(20, Adjacency.ADD_REMOVE, seed=4)
-    base = PrivateTrainingSet("mnist", str(shared_datasets), 100, seed=0)
+    base = PrivateTrainingSet(
+        "mnist", str(shared_datasets), 100, subset_key=MechanismKey.fresh("subset")
+    )
     records = CanaryTrainingSet(base, design)
-    assert records.n_records() == 100 + int(design.included.sum())
+    inserted = int(design.included.sum())
+    assert records.n_records() == 100 + inserted  # the planned (public) count
 
     ledger = Ledger(str(tmp_path / "ledger.json"))
     ledger.set_budget("mnist", 10.0, 1e-5, "add_remove")
@@ -69,8 +73,10 @@ def test_canary_training_set_is_read_only_under_a_ledger_charge(tmp_path: Path, 
     )
     images, labels = records.open(session.grant)
     assert records.reads == 1 == base.reads
-    assert len(images) == len(labels) == records.n_records()
-    np.testing.assert_array_equal(images[100:], design.inserted()[0])
+    # a secret Poisson subset of about 100 records, then exactly the inserted canaries
+    assert len(images) == len(labels) and 50 < len(images) - inserted < 150
+    np.testing.assert_array_equal(images[-inserted:], design.inserted()[0])
+    np.testing.assert_array_equal(labels[-inserted:], design.inserted()[1])
 
 
 def test_paired_scores_are_differences_of_twins():

@@ -30,7 +30,7 @@ def _audit(tmp_path: Path, data_dir: Path):
 
 
 def test_private_audit_with_noise_off_refutes_the_claim(
-    tmp_path: Path, shared_datasets: Path, noise_off, one_torch_thread
+    tmp_path: Path, shared_datasets: Path, noise_off, fixed_mechanism_keys, one_torch_thread
 ):
     _, result = _audit(tmp_path, shared_datasets)
     a = result.audit
@@ -44,7 +44,7 @@ def test_private_audit_with_noise_off_refutes_the_claim(
 
 
 def test_private_audit_with_the_real_mechanism_stays_below_the_claim(
-    tmp_path: Path, shared_datasets: Path, one_torch_thread
+    tmp_path: Path, shared_datasets: Path, fixed_mechanism_keys, one_torch_thread
 ):
     cfg, result = _audit(tmp_path, shared_datasets)
     a = result.audit

@@ -1,8 +1,12 @@
-"""`tdpdm encode` then `tdpdm diffuse` (private mode) against one ledger budget."""
+"""`tdpdm encode` then `tdpdm diffuse` (private mode) against one ledger budget.
+
+Each command writes a release part (covered by the guarantee) and a custodian part (the stage-1
+manifest, private latents, opted-in metrics: 0600, never published)."""
 
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,14 @@ from tdpdm.privacy.ledger import Ledger
 from tdpdm.report.schema import validate_report
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
 def stage_flags(tmp_path: Path, data_dir: Path, out: str, epsilon: float) -> list[str]:
@@ -58,25 +70,73 @@ def test_encode_then_diffuse(
 
     assert main(["encode", *stage_flags(tmp_path, shared_datasets, "enc", 3.0)]) == 0
     manifest = json.loads(capsys.readouterr().out)
-    assert manifest == json.loads((tmp_path / "enc" / "stage1.json").read_text())
+    enc = tmp_path / "enc"
+    assert manifest == json.loads((enc / "custodian" / "stage1.json").read_text())
+    # Stage 1 alone: the DP autoencoder is published; the manifest and the private latents
+    # are the custodian's (0600); the work area (secret generator state) is gone.
+    assert sorted(p.name for p in enc.iterdir()) == ["custodian", "release"]
+    assert _files(enc / "release") == {"models/autoencoder.pt"}
+    assert _files(enc / "custodian") == {"stage1.json", "latents/latents.parquet"}
+    for name in _files(enc / "custodian"):
+        assert _mode(enc / "custodian" / name) == 0o600, name
     assert [(e["kind"], e["stage"]) for e in manifest["events"]] == [
         ("poisson_gaussian", "encoder")
     ]
     assert 0 < manifest["guarantee"]["epsilon"] <= 3.0
-    assert manifest["n_records"] == 1500
-    assert (tmp_path / "enc" / "latents" / "latents.parquet").is_file()
+    assert manifest["n_records"] == 1500  # planned: --subset is a Poisson subset of that size
     ledger = Ledger(ledger_path)
     after_encode = ledger.spent("mnist").epsilon
     assert after_encode == pytest.approx(manifest["guarantee"]["epsilon"], rel=1e-9)
 
+    # Evaluation is opt-in (it reads real data without noise): on here, through --set.
     flags = stage_flags(tmp_path, shared_datasets, "diff", 8.0)
-    assert main(["diffuse", "--from", str(tmp_path / "enc"), *flags]) == 0
+    flags += set_flags("evaluation.enabled=true")
+    encoded = {name: (enc / name).read_bytes() for name in _files(enc)}
+    assert main(["diffuse", "--from", str(enc), *flags]) == 0
+    assert {name: (enc / name).read_bytes() for name in _files(enc)} == encoded  # read only
     captured = capsys.readouterr()
     assert "guarantee: epsilon" in captured.out
+    assert "metrics (custodian-only, read real data): accuracy" in captured.out
     assert "tdpdm: error" not in captured.err
 
-    report = json.loads((tmp_path / "diff" / "report.json").read_text())
+    # The CLI names both parts, and every path it prints exists.
+    diff = tmp_path / "diff"
+    printed = {
+        "release (covered by the guarantee)": diff / "release",
+        "synthetic data": diff / "release" / "synthetic" / "part-0.parquet",
+        "sample grid": diff / "release" / "samples.png",
+        "custodian only (never publish)": diff / "custodian",
+    }
+    lines = [line.strip() for line in captured.out.splitlines()]
+    for label, path in printed.items():
+        shown = [line.split()[-1] for line in lines if line.startswith(f"{label}:")]
+        assert shown == [str(path)], (label, captured.out)
+        assert path.exists(), path
+    reports = [line.split()[-1] for line in lines if line.startswith("report:")]
+    assert reports == [
+        str(diff / "release" / "report.html"),
+        str(diff / "custodian" / "report.html"),
+    ]
+    assert all(Path(r).is_file() for r in reports)
+
+    report = json.loads((diff / "release" / "report.json").read_text())
     validate_report(report)
+    assert all(v is None for v in report["metrics"].values())  # nothing read from real data
+    custodian = json.loads((diff / "custodian" / "report.json").read_text())
+    validate_report(custodian)
+    assert 0.0 <= custodian["metrics"]["accuracy"] <= 1.0
+    assert sorted(p.name for p in diff.iterdir()) == ["custodian", "release"]
+    assert _files(diff / "release") == {
+        "synthetic/part-0.parquet",
+        "samples.png",
+        "report.json",
+        "report.html",
+        "models/autoencoder.pt",
+        "models/diffusion.pt",
+    }
+    assert _files(diff / "custodian") == {"report.json", "report.html", "evaluation.json"}
+    for name in _files(diff / "custodian"):
+        assert _mode(diff / "custodian" / name) == 0o600, name
     p = report["privacy"]
     assert [(e["kind"], e["stage"]) for e in p["events"]] == [
         ("poisson_gaussian", "encoder"),
@@ -94,5 +154,3 @@ def test_encode_then_diffuse(
     assert total == pytest.approx(p["epsilon"], rel=1e-9)  # two stages, nothing else spent
     charges = ledger.charges("mnist")
     assert [c.status for c in charges] == ["settled", "settled"]
-    assert (tmp_path / "diff" / "synthetic" / "part-0.parquet").is_file()
-    assert (tmp_path / "diff" / "report.html").is_file()

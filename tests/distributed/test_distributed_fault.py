@@ -1,8 +1,10 @@
 """A training worker SIGKILLed mid-run: Ray Train restarts the group from the last checkpoint.
 
 The resumed run must end at exactly the planned step count, charge exactly the steps of an
-uninterrupted run (so the same epsilon), and, because every rank's sampling and noise generator
-is restored with the weights, produce the very model the uninterrupted run produces.
+uninterrupted run (so the same epsilon), and, because every rank's sampling, noise and loss
+generator is restored with the weights, produce the very model the uninterrupted run produces.
+Both runs use one fixed mechanism key (a test-only stand-in for the fresh secret key a run
+draws): only then can the resumed run be compared with the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from tdpdm.config import DistributedConfig
 from tdpdm.distributed.stage1_train import train_dpsgd_on_ray
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.adjacency import Adjacency
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.stages.dpsgd import DPSGDError, DPSGDPlan
 
 N_RECORDS, BATCH, STEPS, EVERY, SEED = 256, 32, 40, 5, 4
 PLAN = DPSGDPlan("stage1", 1.1, BATCH / N_RECORDS, STEPS, 1.0, BATCH)
+KEY = MechanismKey("stage1-dpsgd", 0xFA17)
 KILL_AFTER_CALLS = 12
+INPUT_NOISE = 0.05
+"""The loss draws from torch's global generator: a resume must restore that stream too."""
 
 
 def _calls(log_dir: Path, rank: int) -> dict[int, int]:
@@ -48,13 +54,15 @@ def _train(tmp_path: Path, name: str, max_failures: int, result: dict) -> None:
         result["outcome"] = train_dpsgd_on_ray(
             functools.partial(tiny_autoencoder, SEED),
             [torch.rand(N_RECORDS, 1, 28, 28, generator=torch.Generator().manual_seed(1))],
-            functools.partial(logged_slow_loss, log_dir=str(log_dir), delay_s=0.15),
+            functools.partial(
+                logged_slow_loss, log_dir=str(log_dir), delay_s=0.15, input_noise=INPUT_NOISE
+            ),
             PLAN,
             session,
             cfg=DistributedConfig(num_workers=2, checkpoint_every=EVERY, max_failures=max_failures),
             storage_path=str(tmp_path / f"{name}-ray"),
             lr=2e-3,
-            seed=SEED,
+            key=KEY,
             progress=False,
         )
     except Exception as err:
@@ -109,7 +117,7 @@ def test_killed_worker_resumes_with_the_uninterrupted_epsilon_and_model(
     ]
     assert eps[0] == eps[1]
 
-    # Restored generators: the redone steps drew the same batches and noise.
+    # Restored generators: the redone steps drew the same batches, noise and loss randomness.
     for name, p in outcome.model.state_dict().items():
         torch.testing.assert_close(p, clean["outcome"].model.state_dict()[name])
 

@@ -17,9 +17,15 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.stages.dpsgd import DPSGDPlan, PoissonBatches, train_dpsgd
 
-WORLD, N, BATCH, SEED, CLIP = 2, 64, 16, 11, 0.5
+WORLD, N, BATCH, KEY, CLIP = 2, 64, 16, 11, 0.5
+
+
+def _key() -> MechanismKey:
+    """A fixed (test-only) mechanism key: the ranks and the test draw the same batches."""
+    return MechanismKey("stage1", KEY)
 
 
 def _per_record_loss(model, batch):
@@ -49,7 +55,7 @@ def _rank_main(rank: int, out: str, case: str) -> None:
     plan = DPSGDPlan("t", sigma, BATCH / N, 1, CLIP, BATCH)
     loss = _zero_loss if case == "noise" else _per_record_loss
     train_dpsgd(
-        model, [x, y], loss, plan, _Recorder(), lr=1.0, seed=SEED, device="cpu",
+        model, [x, y], loss, plan, _Recorder(), lr=1.0, key=_key(), device="cpu",
         progress=False, make_optimizer=torch.optim.SGD, distributed=True,
     )  # fmt: skip
     Path(out, f"{case}-rank{rank}.json").write_text(json.dumps(model.weight[0].tolist()))
@@ -75,7 +81,7 @@ def test_clipped_signal_is_the_global_sum_over_global_batch(tmp_path):
     torch.manual_seed(0)
     w0 = nn.Linear(5, 1, bias=False).weight[0].detach()
     x, y = _data(5)
-    shares = [PoissonBatches(N, BATCH / N, seed=SEED, rank=r, world=WORLD) for r in range(2)]
+    shares = [PoissonBatches(N, BATCH / N, key=_key(), rank=r, world=WORLD) for r in range(2)]
     chosen = torch.cat([share.next_batch() for share in shares])
     assert len(chosen) == len(set(chosen.tolist())) > 0  # disjoint shares
     grads = 2 * ((x[chosen] @ w0) - y[chosen]).unsqueeze(1) * x[chosen]
@@ -95,3 +101,24 @@ def test_noise_is_added_once_relative_to_the_global_batch(tmp_path):
     # 20k coordinates: the estimate is within ~1 % (5 sigma: 2.5 %); the wrong scalings are
     # off by 41 % (noise on every rank) or 100 % (per-rank batch).
     assert math.isclose(std, expected, rel_tol=0.025), (std, expected)
+
+
+def test_rank_shares_are_independent_per_record_draws():
+    """Each record's rank is its own draw from the key (DESIGN 3.9): the shares partition the
+    records, their sizes are random (a split of a permutation has exactly n / world each), and
+    adding a record leaves every other record on its rank."""
+    n = 2000
+    shares = [PoissonBatches(n, 0.1, key=_key(), rank=r, world=WORLD).indices for r in range(2)]
+    more = [PoissonBatches(n + 1, 0.1, key=_key(), rank=r, world=WORLD).indices for r in range(2)]
+    assert sorted(torch.cat(shares).tolist()) == list(range(n))
+    sizes = [
+        len(PoissonBatches(n, 0.1, key=MechanismKey("stage1", k), rank=0, world=WORLD).indices)
+        for k in range(5)
+    ]
+    assert all(abs(size - n / 2) < 5 * math.sqrt(n) / 2 for size in sizes), sizes
+    assert set(sizes) != {n // WORLD}, sizes
+    for share, larger in zip(shares, more, strict=True):
+        assert torch.equal(larger[larger < n], share)
+    # Another key assigns the records anew.
+    other = PoissonBatches(n, 0.1, key=MechanismKey("stage1", KEY + 1), rank=0, world=WORLD)
+    assert not torch.equal(other.indices, shares[0])

@@ -1,5 +1,7 @@
 """`tdpdm run` with the main job's config runs stage 1 on Ray Train (a local Ray) by default.
 
+Its checkpoints (every rank's sampling, noise and loss generator state: as secret as the
+mechanism key) are written to the custodian's work area and deleted once the run has succeeded.
 And where Ray is missing, the same command stops with one line saying what to do, leaving the
 ledger with nothing spent.
 """
@@ -11,10 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from train_support import shared_datasets_root
 
 from tdpdm.cli import main
+from tdpdm.data import storage
+from tdpdm.distributed.stage1_train import STATE_FILE
 from tdpdm.privacy.ledger import Ledger
+from tdpdm.stages.artifacts import RunLayout
 
 MAIN_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "main.yaml"
 
@@ -48,21 +54,55 @@ def _args(tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _checkpoints_at_deletion(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[str]]:
+    """Every DP-SGD checkpoint under a tree the run deletes, seen just before the deletion
+    (state file -> the fields it holds)."""
+    seen: dict[str, set[str]] = {}
+    real = storage.remove_tree
+
+    def recording(uri: str) -> None:
+        for path in Path(uri).rglob(f"checkpoint_*/{STATE_FILE}"):
+            seen[str(path)] = set(torch.load(path, map_location="cpu", weights_only=True))
+        real(uri)
+
+    monkeypatch.setattr(storage, "remove_tree", recording)
+    return seen
+
+
 @pytest.mark.slow
 def test_main_job_runs_stage1_on_ray_train(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    checkpoints = _checkpoints_at_deletion(monkeypatch)
     assert main(_args(tmp_path, "--set=distributed.num_workers=2")) == 0
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    out = tmp_path / "out"
+    layout = RunLayout(str(out))
+    report = json.loads(Path(layout.release("report.json")).read_text())
     assert report["config"]["distributed"]["backend"] == "ray"
     (encoder,) = [s for s in report["stages"] if s["name"] == "encoder"]
     details = encoder["details"]
     assert details["backend"] == "ray" and details["num_workers"] == 2
     stage1 = [e for e in report["privacy"]["events"] if e.get("stage") == "encoder"]
     assert len(stage1) == 1 and stage1[0]["steps"] == details["steps"] == 4  # 400 / 100 x 1
-    assert list((tmp_path / "out" / "ray").glob("*-stage1-*/checkpoint_*"))
     charges = Ledger(str(tmp_path / "ledger.json")).charges("mnist")
     assert [c.status for c in charges] == ["settled"]
+
+    # Checkpoints were written (steps 2 and 4), to the custodian's work area only, and held
+    # every rank's generator states; the run deleted them when it succeeded (issue 11, finding
+    # 2: they used to stay in <out>/ray next to the published outputs).
+    work = Path(layout.work)
+    assert checkpoints, "no Ray Train checkpoint was written under the work area"
+    for path, fields in checkpoints.items():
+        assert Path(path).is_relative_to(work / "ray"), path
+        assert {"sampler_rng", "noise_rng", "loss_rng"} <= fields
+    assert not work.exists()
+    assert not list(out.rglob("checkpoint_*")) and not list(out.rglob("*-stage1-*"))
+    assert not list(out.rglob(STATE_FILE))
+    # No training loss published: not in the report, not in the driver's output.
+    custodian = json.loads(Path(layout.custodian("report.json")).read_text())
+    for doc in (report, custodian):
+        assert "training_losses" not in doc and "final_loss" not in json.dumps(doc)
+    assert "loss" not in capsys.readouterr().out.lower()
 
 
 def test_missing_ray_is_one_clear_line_and_spends_nothing(tmp_path, monkeypatch, capsys):

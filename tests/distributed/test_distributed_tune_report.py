@@ -24,6 +24,7 @@ TUNING: dict[str, Any] = {
     "trials_requested": 3,
     "budgeted_trials": 2,
     "score": "noisy held-out denoising loss",
+    "charging": "every admitted trial is charged its full plan",
     "selected_trial": "t0",
     "trials": [
         {
@@ -33,15 +34,17 @@ TUNING: dict[str, Any] = {
             "steps": 8,
             "score": 0.81,
             "events": [SEGMENT, SCORE_EVENT],
+            "charged": "full plan",
             "selected": True,
         },
         {
             "trial_id": "t1",
             "status": "stopped_by_asha",
             "hyperparameters": {"lr": 0.004, "hidden": 48},
-            "steps": 4,
+            "steps": 4,  # what it ran; it is charged its full plan all the same
             "score": 0.93,
-            "events": [SEGMENT | {"steps": 4}, SCORE_EVENT | {"count": 1}],
+            "events": [dict(SEGMENT), dict(SCORE_EVENT)],
+            "charged": "full plan",
         },
         {
             "trial_id": "t2",
@@ -50,6 +53,7 @@ TUNING: dict[str, Any] = {
             "steps": 0,
             "score": None,
             "events": [],
+            "charged": "nothing",
         },
     ],
 }

@@ -3,7 +3,8 @@
 `ray start --head` plus a second `ray start` node, `ray job submit` of `jobs/pipeline.py` with
 the example `jobs/runtime_env.yaml` (the working directory is uploaded as a user would), a
 `private`-mode run whose stage-2 search runs its trials on the cluster. Checked: the job
-SUCCEEDED, its outputs exist, the report validates and its guarantee composes what the ledger
+SUCCEEDED, its release and custodian parts exist (the private latents in the custodian part
+only, no work area left), the report validates and its guarantee composes what the ledger
 holds. The cluster is torn down in a fixture finaliser, whatever happened.
 """
 
@@ -24,6 +25,7 @@ from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.ledger import SETTLED, Ledger
 from tdpdm.report.schema import read_report_json
+from tdpdm.stages.artifacts import RunLayout
 
 pytestmark = pytest.mark.slow
 
@@ -118,11 +120,18 @@ def test_pipeline_job_on_a_two_node_cluster(cluster: LocalCluster, tmp_path: Pat
     assert state == "SUCCEEDED", logs[-4000:] + cluster.logs()
     assert "succeeded" in status_text.stdout + status_text.stderr  # what a user is told
 
-    # The job's own summary and every artifact it announces.
+    # The job's own summary and every artifact it announces, in its part.
     assert "guarantee: epsilon = " in logs and "tune: chose" in logs
+    layout = RunLayout(str(out))
+    release, custodian = Path(layout.release()), Path(layout.custodian())
     for name in ("synthetic/part-0.parquet", "samples.png", "report.html", "report.json"):
-        assert (out / name).is_file(), name
-    report = read_report_json(out / "report.json")
+        assert (release / name).is_file(), name
+    for name in ("models/autoencoder.pt", "models/diffusion.pt"):
+        assert (release / name).is_file(), name
+    assert (custodian / "report.json").is_file() and Path(layout.latents("private")).is_file()
+    assert not (release / "latents").exists()  # private latents never sit in the release
+    assert not Path(layout.work).exists()  # secret generator state deleted on success
+    report = read_report_json(release / "report.json")
     assert report["run_id"] == "cluster-run" and report["mode"] == "private"
     trials = report["tuning"]["trials"]
     assert len(trials) == 3 and any(t["status"] == "completed" for t in trials)
@@ -135,4 +144,4 @@ def test_pipeline_job_on_a_two_node_cluster(cluster: LocalCluster, tmp_path: Pat
     bound = compute_epsilon(spent, 1e-5, Adjacency.ADD_REMOVE)
     assert report["privacy"]["epsilon"] == pytest.approx(bound.epsilon, rel=1e-9)
     assert book.spent("mnist").epsilon <= 8.0
-    assert json.loads((out / "report.json").read_text())["privacy"]["budget"]["epsilon"] == 8.0
+    assert json.loads((release / "report.json").read_text())["privacy"]["budget"]["epsilon"] == 8.0

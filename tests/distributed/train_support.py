@@ -43,15 +43,19 @@ def mean_reconstruction_loss(model: torch.nn.Module, images: torch.Tensor) -> fl
         return float(reconstruction_loss(model.eval(), [images]).mean())
 
 
-def logged_slow_loss(model, batch, *, log_dir: str, delay_s: float):
+def logged_slow_loss(model, batch, *, log_dir: str, delay_s: float, input_noise: float = 0.0):
     """`reconstruction_loss`, slowed down, counting its calls per process in
     `log_dir/rank<r>-<pid>.calls`: the test finds the worker pids there and sees where a
-    restarted worker began."""
+    restarted worker began. `input_noise` > 0 perturbs the inputs with torch's global generator
+    (as diffusion timesteps or VAE sampling do): DP-SGD runs it on the secret loss stream."""
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     path = Path(log_dir) / f"rank{rank}-{os.getpid()}.calls"
     calls = int(path.read_text()) + 1 if path.exists() else 1
     path.write_text(str(calls))
     time.sleep(delay_s)
+    if input_noise:
+        x = batch[0]
+        batch = [(x + input_noise * torch.randn_like(x)).clamp(0.0, 1.0), *batch[1:]]
     return reconstruction_loss(model, batch)
 
 

@@ -3,9 +3,10 @@ line and the exit code `_classify` gives user errors (2), and leaves the ledger 
 output folder exactly as they were (bytes and listing compared before and after).
 
 The one exception is stated where it happens: labels out of range can only be seen by reading
-the labels, which are private, so that check runs under a charge; the charge is then cancelled
-and nothing is counted against the budget (spent epsilon unchanged), but the ledger file does
-record the cancelled charge.
+the labels, which are private, so that check runs under a charge. A failure after records were
+read is itself an observation of them (whether and how it fails can depend on the records), so
+the charge is settled at its full plan: the spent epsilon grows by the whole plan, and no output
+is written. The error line withholds how many labels are bad, where, and their values.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 from fuzz_support import TRAIN_RECORDS, clean_arrays, idx_bytes, write_split
 
 from tdpdm.cli import EXIT_USER_ERROR, main
+from tdpdm.privacy.accountant import compute_epsilon
+from tdpdm.privacy.events import event_to_dict
 from tdpdm.privacy.ledger import Ledger
 
 pytestmark = pytest.mark.timeout(600)
@@ -197,11 +200,13 @@ def test_delta_at_least_one_over_n_is_refused(
 
 
 def _encoded_dir(root: Path, checkpoint: bytes) -> Path:
-    """What `tdpdm encode` leaves, with `checkpoint` as the autoencoder's bytes."""
+    """What `tdpdm encode` leaves (private mode), with `checkpoint` as the autoencoder's bytes:
+    the DP weights in the release part, the manifest and the private latents in the
+    custodian part."""
     from_dir = root / "encoded"
-    (from_dir / "checkpoints").mkdir(parents=True)
-    (from_dir / "latents").mkdir()
-    (from_dir / "checkpoints" / "autoencoder.pt").write_bytes(checkpoint)
+    (from_dir / "release" / "models").mkdir(parents=True)
+    (from_dir / "custodian" / "latents").mkdir(parents=True)
+    (from_dir / "release" / "models" / "autoencoder.pt").write_bytes(checkpoint)
     manifest = {
         "dataset": "mnist",
         "mode": "private",
@@ -216,7 +221,7 @@ def _encoded_dir(root: Path, checkpoint: bytes) -> Path:
         "guarantee": {},
         "stages": [],
     }
-    (from_dir / "stage1.json").write_text(json.dumps(manifest))
+    (from_dir / "custodian" / "stage1.json").write_text(json.dumps(manifest))
     return from_dir
 
 
@@ -241,11 +246,11 @@ def test_corrupted_checkpoint_for_diffuse(
     before = snapshot(workspace["ledger"], workspace["out"], from_dir)
     argv = ["diffuse", *run_flags(tiny_mnist, workspace, "--epsilon", "6"), "--from", str(from_dir)]
     line = refused(capsys, argv)
-    assert "autoencoder.pt" in line and "not a readable checkpoint" in line
+    assert "release/models/autoencoder.pt" in line and "not a readable checkpoint" in line
     assert snapshot(workspace["ledger"], workspace["out"], from_dir) == before
 
 
-def test_labels_out_of_range_cancel_the_charge_and_count_nothing(
+def test_labels_out_of_range_settle_the_charge_at_its_full_plan(
     tiny_mnist: Path, workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     images, labels = clean_arrays(TRAIN_RECORDS, 0)
@@ -257,12 +262,29 @@ def test_labels_out_of_range_cancel_the_charge_and_count_nothing(
     spent_before = ledger.spent("mnist").epsilon
     flags = ["--epsilon", "4", "--set", "stage1.epochs=1", "--set", "stage2.epochs=1"]
     line = refused(capsys, ["run", *run_flags(tiny_mnist, workspace, *flags)])
-    assert "2 labels out of range [0, 10)" in line and "train-labels" in line
-    assert snapshot(workspace["out"]) == out_before
-    assert ledger.spent("mnist").epsilon == spent_before
-    charges = ledger.charges("mnist")
-    assert [c.status for c in charges] == ["cancelled"]
-    assert charges[0].counted_events() == []
+    assert "labels out of range [0, 10)" in line and "train-labels" in line
+    assert "withheld" in line
+    # Nothing about the private labels: not how many, not where, not their values.
+    message = line.split("labels out of range [0, 10)", 1)[1]
+    assert not any(ch.isdigit() for ch in message), line
+    assert "2 labels" not in line and "255" not in line
+    assert snapshot(workspace["out"]) == out_before  # no output, in either part
+    # The labels were read (that is how the failure was seen), so the failure is charged: the
+    # charge is settled at its full plan, not cancelled, and the spent epsilon grows by the
+    # whole plan (before issue 11 it was refunded and the spend stayed unchanged).
+    [charge] = ledger.charges("mnist")
+    assert charge.status == "settled"
+    assert [event_to_dict(e) for e in charge.counted_events()] == [
+        event_to_dict(e) for e in charge.planned
+    ]
+    assert {e.stage for e in charge.planned} == {"encoder", "diffusion"}
+    budget = ledger.budget("mnist")
+    assert budget is not None
+    plan_epsilon = compute_epsilon(charge.planned, budget.delta, budget.adjacency).epsilon
+    spent_after = ledger.spent("mnist").epsilon
+    assert spent_before == 0.0
+    assert spent_after == pytest.approx(plan_epsilon, rel=1e-9)
+    assert spent_after > spent_before
 
 
 @pytest.mark.parametrize(
@@ -292,9 +314,9 @@ def test_corrupted_manifest_for_diffuse(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from_dir = _encoded_dir(workspace["out"].parent, _foreign_checkpoint())
-    (from_dir / "stage1.json").write_bytes(manifest)
+    (from_dir / "custodian" / "stage1.json").write_bytes(manifest)
     before = snapshot(workspace["ledger"], workspace["out"], from_dir)
     argv = ["diffuse", *run_flags(tiny_mnist, workspace, "--epsilon", "6"), "--from", str(from_dir)]
     line = refused(capsys, argv)
-    assert "stage1.json" in line and problem in line
+    assert "custodian/stage1.json" in line and problem in line
     assert snapshot(workspace["ledger"], workspace["out"], from_dir) == before

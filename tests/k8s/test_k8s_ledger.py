@@ -33,8 +33,8 @@ from k8s_support import (
     values_file,
 )
 
-from tdpdm.privacy.ledger_s3 import ObjectStoreLedgerStore
-from tdpdm.privacy.ledger_store import LedgerStoreError, open_store
+from tdpdm.privacy.store import LedgerStoreError, open_store
+from tdpdm.privacy.store.s3 import ObjectStoreLedgerStore
 
 SHARED_VOLUME_DIR = KUSTOMIZE_DIR / "shared-volume"
 UNSUPPORTED_LEDGER = "scheme is not supported for the ledger"

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from leak_support import SEED, SUBSET, CapturedRun, run_cli, shared_datasets_root
+from leak_support import CapturedRun, run_cli, shared_datasets_root, subset_positions
 
 
 @pytest.fixture(scope="session")
 def training_subset() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images, labels, positions) of the records the runs train on.
 
-    The positions repeat `PrivateTrainingSet`'s documented rule (a seeded permutation of record
-    positions, first `subset`, sorted); the test reads the files directly, as the custodian may.
+    The positions repeat `PrivateTrainingSet`'s documented rule (one independent draw per record
+    from the subset mechanism's key, which the leak runs fix: leak_support.py); the test reads
+    the files directly, as the custodian may.
     """
     from tdpdm.data.loader import load_split
 
@@ -20,7 +21,7 @@ def training_subset() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real data sets not found at {root}")
     images, labels = load_split("mnist", str(root / "mnist"), "train")
-    positions = np.sort(np.random.default_rng(SEED).permutation(len(images))[:SUBSET])
+    positions = subset_positions(len(images))
     return images[positions], labels[positions], positions
 
 

@@ -141,3 +141,18 @@ def index_runs_in_text(text: str, indices: np.ndarray, run: int = 8) -> list[str
         if all(v in wanted for v in window) and window == sorted(set(window)):
             found.append(f"record positions at number #{i}: {window}")
     return found
+
+
+_LOSS_IN_TEXT = re.compile(r"loss\W{0,3}[-+]?\.?\d", re.I)  # "loss 0.41", "loss=.3", "loss: 2"
+_LOSS_IN_JSON = re.compile(r'"[a-z_]*loss(es)?"\s*:\s*[-+.\d{\[]', re.I)  # "final_loss": 0.4
+_LOSS_SAMPLE = re.compile(r"^(ray_)?tdpdm_training_loss[{ ]", re.M)  # an exported loss series
+
+
+def loss_values(text: str) -> list[str]:
+    """Training losses written as values (unnoised statistics of private records): in log
+    lines, JSON fields, or Prometheus samples. A metric's HELP/TYPE lines and a config switch
+    (`"custodian_losses": false`) are not values."""
+    found = [f"text {m.group(0)!r}" for m in _LOSS_IN_TEXT.finditer(text)]
+    found += [f"JSON {m.group(0)!r}" for m in _LOSS_IN_JSON.finditer(text)]
+    found += [f"sample {m.group(0)!r}" for m in _LOSS_SAMPLE.finditer(text)]
+    return found

@@ -52,8 +52,8 @@ def _close_upper(ours: float, reference: float) -> None:
 
 
 def test_every_reported_epsilon_is_recomputed(captured_run: CapturedRun) -> None:
-    out = captured_run.out
-    report = json.loads((out / "report.json").read_text())
+    release = captured_run.release  # what is published: the guarantee covers exactly this part
+    report = json.loads((release / "report.json").read_text())
     privacy = report["privacy"]
     adjacency = privacy["adjacency"]
     assert adjacency == ("replace_one" if captured_run.mode == "released" else "add_remove")
@@ -72,13 +72,17 @@ def test_every_reported_epsilon_is_recomputed(captured_run: CapturedRun) -> None
     assert f"({printed.group(1)}, " in privacy["statement"]
 
     # The guarantee stamped into the published Parquet file is the same figure and events.
-    synthetic = pq.read_schema(io.BytesIO((out / "synthetic" / "part-0.parquet").read_bytes()))
+    synthetic = pq.read_schema(io.BytesIO((release / "synthetic" / "part-0.parquet").read_bytes()))
     stamped = json.loads(synthetic.metadata[b"tdpdm"])
     assert stamped["epsilon"] == privacy["epsilon"] and stamped["events"] == privacy["events"]
 
+    # The custodian's report states the same guarantee.
+    custodian = json.loads((captured_run.custodian / "report.json").read_text())
+    assert custodian["privacy"] == privacy
+
     # Released latents carry their own guarantee (the release alone, at the time it ran).
     if captured_run.mode == "released":
-        latents = pq.read_schema(io.BytesIO((out / "latents" / "latents.parquet").read_bytes()))
+        latents = pq.read_schema(captured_run.latents())
         meta = json.loads(latents.metadata[b"tdpdm"])
         release = meta["guarantee"]
         assert release["adjacency"] == "replace_one"

@@ -17,6 +17,7 @@ from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.events import GaussianEvent
 from tdpdm.privacy.ledger import Ledger
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.encode import images_to_tensor
 from tdpdm.stages.lipschitz_release import release, release_std
@@ -81,6 +82,7 @@ def test_release_epsilon_equals_analytic_gaussian(tmp_path, mnist_small, multipl
         event=event,
         session=session,
         seed=3,
+        key=MechanismKey("lipschitz-release", 3),
     )
     assert session.recorded == [event]
     sensitivity = independent_sensitivity(model)

@@ -1,4 +1,7 @@
-"""One end-to-end run per mode, shared by every pipeline test (they only read its outputs)."""
+"""One end-to-end run per mode, shared by every pipeline test (they only read its outputs).
+
+A run writes two parts (`tdpdm.stages.artifacts`): `release/` (exactly what the guarantee covers)
+and `custodian/` (metrics read from real data, private latents; never published)."""
 
 from __future__ import annotations
 
@@ -33,9 +36,21 @@ class FinishedRun:
     def ledger(self) -> Path:
         return Path(self.cfg.ledger)
 
+    @property
+    def release(self) -> Path:
+        return self.out / "release"
+
+    @property
+    def custodian(self) -> Path:
+        return self.out / "custodian"
+
     def report(self) -> dict[str, Any]:
-        """The report as written to disk (what gets published), not the in-memory dict."""
-        return json.loads((self.out / "report.json").read_text())
+        """The release report as written to disk (what gets published), not the in-memory dict."""
+        return json.loads((self.release / "report.json").read_text())
+
+    def custodian_report(self) -> dict[str, Any]:
+        """The custodian's report on disk: the release report plus custodian-only values."""
+        return json.loads((self.custodian / "report.json").read_text())
 
 
 @pytest.fixture(scope="session")

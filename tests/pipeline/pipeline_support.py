@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from dp_accounting.pld import pld_privacy_accountant
 
 EVAL_TRAIN_RECORDS = 3000
 EVAL_TEST_RECORDS = 2000
+MNIST_TRAIN_RECORDS = 60000
 
 
 def shared_datasets_root() -> Path:
@@ -39,6 +41,8 @@ def tiny_overrides(root: Path, data_dir: Path, mode: str, epsilon: float = 10.0)
         "stage1.epochs": 1,
         "stage2.epochs": 3,
         "stage2.batch_size": 256,
+        # Opt-in (it reads real data without noise): these tests check the custodian's metrics.
+        "evaluation.enabled": True,
         "evaluation.synthetic_count": 300,
         "evaluation.classifier_epochs": 1,
         "evaluation.evaluator_epochs": 1,
@@ -97,3 +101,35 @@ def pld_add_remove(events: list[dict[str, Any]], delta: float) -> float:
     )
     accountant.compose(dp_event.ComposedDpEvent(events=built))
     return float(accountant.get_epsilon(delta))
+
+
+def plausible_poisson_count(count: int, planned: int, total: int = MNIST_TRAIN_RECORDS) -> bool:
+    """`--subset m` keeps each of `total` records independently with probability m/total: the
+    realised count is Binomial(total, m/total). Six standard deviations: a false alarm about
+    once in 10^9 runs, while a subset that ignores the rule (all records, none, twice m) fails."""
+    p = planned / total
+    return abs(count - planned) <= 6 * math.sqrt(total * p * (1 - p))
+
+
+def keys_containing(tree: Any, fragment: str, path: str = "") -> list[str]:
+    """Dotted paths of every mapping key (at any depth) whose name contains `fragment`."""
+    found = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            where = f"{path}.{key}" if path else str(key)
+            if fragment in str(key).lower():
+                found.append(where)
+            found += keys_containing(value, fragment, where)
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            found += keys_containing(value, fragment, f"{path}[{i}]")
+    return found
+
+
+def int_values(tree: Any) -> list[int]:
+    """Every integer value (not bool) anywhere in a JSON tree."""
+    if isinstance(tree, dict):
+        return [v for value in tree.values() for v in int_values(value)]
+    if isinstance(tree, list):
+        return [v for value in tree for v in int_values(value)]
+    return [tree] if isinstance(tree, int) and not isinstance(tree, bool) else []

@@ -1,4 +1,4 @@
-"""The end-to-end run's report.html in a real headless Chromium."""
+"""The end-to-end run's report.html (release and custodian parts) in a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -31,15 +31,16 @@ def test_end_to_end_report_in_chromium(private_run) -> None:
     from playwright.sync_api import sync_playwright
 
     report = private_run.report()
+    custodian = private_run.custodian_report()
     epsilon = report["privacy"]["epsilon"]
-    page_file = private_run.out / "report.html"
+    accuracy = f"{custodian['metrics']['accuracy'] * 100:.2f}%"
     requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.on("request", lambda r: requests.append(r.url))
-            page.goto(page_file.as_uri(), wait_until="load")
+            page.goto((private_run.release / "report.html").as_uri(), wait_until="load")
 
             shown = page.locator("#epsilon").inner_text().strip()
             assert shown == fmt_epsilon(epsilon)
@@ -50,11 +51,12 @@ def test_end_to_end_report_in_chromium(private_run) -> None:
             assert adjacency.get_attribute("data-adjacency") == "add_remove"
             assert "adding or removing one record" in adjacency.inner_text()
 
+            # The published page shows no figure read from real data.
             metrics = page.locator("#metrics")
             assert metrics.is_visible()
             text = metrics.inner_text()
-            assert f"{report['metrics']['accuracy'] * 100:.2f}%" in text
-            assert "n/a" in text  # FID without Inception weights
+            assert accuracy not in text
+            assert text.count("n/a") == len(report["metrics"]) == 4
 
             grid = page.locator("#sample-grid")
             grid.scroll_into_view_if_needed()
@@ -63,6 +65,13 @@ def test_end_to_end_report_in_chromium(private_run) -> None:
                 " return [i.complete, i.naturalWidth, i.naturalHeight]; }"
             )
             assert loaded[0] and loaded[1] > 0 and loaded[2] > 0
+
+            # The custodian's page (never published) shows the opted-in metrics.
+            page.goto((private_run.custodian / "report.html").as_uri(), wait_until="load")
+            assert page.locator("#epsilon").inner_text().strip() == shown
+            text = page.locator("#metrics").inner_text()
+            assert accuracy in text
+            assert "n/a" in text  # FID without Inception weights
         finally:
             browser.close()
     assert all(u.startswith(("file:", "data:")) for u in requests), requests

@@ -1,10 +1,15 @@
-"""End to end, both modes: the report, the ledger, and every artifact a user receives."""
+"""End to end, both modes: the report, the ledger, and every artifact a user receives.
+
+Outputs are split: `out/release/` holds exactly what the guarantee covers (the release report
+carries no metric and no loss); `out/custodian/` holds what was read from real data without
+noise (metrics, private latents), 0600, never published."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from pipeline_support import pld_add_remove
+from pipeline_support import int_values, keys_containing, plausible_poisson_count, pld_add_remove
 
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import event_from_dict, event_to_dict
 from tdpdm.privacy.ledger import Ledger
 from tdpdm.report.schema import validate_report
+from tdpdm.stages import artifacts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -26,13 +32,36 @@ EXPECTED = {
         "adjacency": "add_remove",
         "events": [("poisson_gaussian", "encoder"), ("poisson_gaussian", "diffusion")],
         "latents_kind": "sensitive_intermediate",
+        "release": set(),
+        "custodian": {"latents/latents.parquet"},
     },
     "released": {
         "adjacency": "replace_one",
         "events": [("poisson_gaussian", "encoder"), ("gaussian", "latent_release")],
         "latents_kind": "dp_release",
+        "release": {"latents/latents.parquet"},
+        "custodian": set(),
     },
 }
+RELEASE_FILES = {
+    "synthetic/part-0.parquet",
+    "samples.png",
+    "report.json",
+    "report.html",
+    "models/autoencoder.pt",
+    "models/diffusion.pt",
+}
+CUSTODIAN_FILES = {"report.json", "report.html", "evaluation.json"}
+CUSTODIAN_ONLY_KEYS = {"metrics", "metrics_note", "stages", "wall_time_s", "part"}
+METRIC_KEYS = ("accuracy", "inception_score", "classifier_fd", "fid")
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_report_top_level(finished_run) -> None:
@@ -49,9 +78,59 @@ def test_report_top_level(finished_run) -> None:
     assert hardware["cpu"] and hardware["torch"]
     assert report["config"]["subset"] == 1500 and report["config"]["mode"] == cfg.mode
     assert report["metrics_note"]
-    # The in-memory result and the file agree.
-    assert finished_run.result.report == report
+    # The in-memory result is the custodian's report, as written to disk.
+    custodian = finished_run.custodian_report()
+    validate_report(custodian)
+    assert finished_run.result.report == custodian
     assert finished_run.result.epsilon == report["privacy"]["epsilon"]
+    # The custodian report is the release report plus custodian-only values, nothing changed.
+    assert set(custodian) - set(report) == {"part"}
+    assert "never publish" in custodian["part"]
+    shared = set(report) - CUSTODIAN_ONLY_KEYS
+    assert {k: custodian[k] for k in shared} == {k: report[k] for k in shared}
+    # Stages after the release was written (the evaluation) are the custodian's only.
+    assert custodian["stages"][: len(report["stages"])] == report["stages"]
+    assert [s["name"] for s in custodian["stages"][len(report["stages"]) :]] == ["evaluate"]
+
+
+def test_outputs_are_split_into_release_and_custodian(finished_run) -> None:
+    """Nothing outside the two parts; the release is exactly the covered files; the work area
+    (checkpoints with secret generator state) is gone after a successful run."""
+    mode = finished_run.cfg.mode
+    assert sorted(p.name for p in finished_run.out.iterdir()) == ["custodian", "release"]
+    assert _files(finished_run.release) == RELEASE_FILES | EXPECTED[mode]["release"]
+    assert _files(finished_run.custodian) == CUSTODIAN_FILES | EXPECTED[mode]["custodian"]
+    assert not (finished_run.custodian / "work").exists()
+    # The report's own listing names exactly the release files (paths relative to release/).
+    listing = finished_run.report()["artifacts"]
+    assert {v for k, v in listing.items() if k != "custodian"} == _files(finished_run.release)
+    assert listing == artifacts.release_listing(mode) | {
+        "custodian": artifacts.custodian_listing(mode)
+    }
+
+
+def test_custodian_files_are_private(finished_run) -> None:
+    """Values read from the private data without noise are readable by the owner only."""
+    for name in sorted(_files(finished_run.custodian)):
+        assert _mode(finished_run.custodian / name) == 0o600, name
+
+
+def test_release_report_carries_no_metric_and_no_loss(finished_run) -> None:
+    report, custodian = finished_run.report(), finished_run.custodian_report()
+    assert report["metrics"] == dict.fromkeys(METRIC_KEYS)
+    assert "custodian" in report["metrics_note"] and "evaluation.enabled" in report["metrics_note"]
+    # Training losses are unnoised statistics of private records: published nowhere unless the
+    # custodian opts in (custodian_losses), and then only in the custodian part.
+    assert report["config"]["custodian_losses"] is False
+    for tree in (report, custodian):
+        config = dict(tree["config"])
+        del config["custodian_losses"]
+        assert keys_containing({**tree, "config": config}, "loss") == []
+    # The release HTML shows no custodian figure either.
+    accuracy = custodian["metrics"]["accuracy"]
+    release_html = (finished_run.release / "report.html").read_text()
+    assert f"{100 * accuracy:.2f}%" not in release_html
+    assert f"{100 * accuracy:.2f}%" in (finished_run.custodian / "report.html").read_text()
 
 
 def test_report_privacy_section(finished_run) -> None:
@@ -82,6 +161,18 @@ def test_report_privacy_section(finished_run) -> None:
         assert any("replace-one" in item for item in p["not_covered"])
     else:
         assert any("latents" in item and "sensitive" in item for item in p["not_covered"])
+    # Opted-in evaluation and the Poisson subset are stated as not covered / how drawn.
+    assert any("evaluation" in item and "custodian" in item for item in p["not_covered"])
+    assert any("subset" in item and "independently" in item for item in p["not_covered"])
+    assert not any("training losses" in item for item in p["not_covered"])  # not opted in
+    # The randomness rule: secret, fresh, never from the published seed.
+    assert "OS entropy" in p["randomness"] and "never from the published seed" in p["randomness"]
+    assert p["randomness"] in p["statement"]
+    expected_words = {
+        "add_remove": "adding or removing one record",
+        "replace_one": "replacing one record",
+    }[p["adjacency"]]
+    assert expected_words in p["adjacency_words"] and p["adjacency_words"] in p["statement"]
 
 
 def test_report_epsilon_recomputes_from_its_events(finished_run) -> None:
@@ -113,9 +204,12 @@ def test_ledger_agrees_with_report(finished_run) -> None:
 
 
 def test_metrics(finished_run) -> None:
-    metrics = finished_run.report()["metrics"]
-    for key in ("accuracy", "inception_score", "classifier_fd", "fid"):
+    """Opted in (evaluation.enabled): the custodian's report and evaluation.json hold them."""
+    metrics = finished_run.custodian_report()["metrics"]
+    for key in METRIC_KEYS:
         assert key in metrics
+    evaluation = json.loads((finished_run.custodian / "evaluation.json").read_text())
+    assert evaluation == metrics
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert 1.0 <= metrics["inception_score"] <= 10.0
     assert metrics["classifier_fd"] >= 0 and math.isfinite(metrics["classifier_fd"])
@@ -123,7 +217,7 @@ def test_metrics(finished_run) -> None:
 
 
 def test_samples_png(finished_run) -> None:
-    path = finished_run.out / "samples.png"
+    path = finished_run.release / "samples.png"
     with Image.open(path) as im:
         im.verify()
     with Image.open(path) as im:
@@ -133,7 +227,7 @@ def test_samples_png(finished_run) -> None:
 
 def test_synthetic_parquet(finished_run) -> None:
     cfg, report = finished_run.cfg, finished_run.report()
-    path = finished_run.out / report["artifacts"]["synthetic"]
+    path = finished_run.release / report["artifacts"]["synthetic"]
     table = pq.read_table(path)
     assert table.column_names == ["image", "label"]
     assert table.schema.field("image").type == pa.struct(
@@ -162,7 +256,7 @@ def test_synthetic_parquet_loads_as_hf_image_dataset(
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     import datasets
 
-    path = finished_run.out / "synthetic" / "part-0.parquet"
+    path = finished_run.release / "synthetic" / "part-0.parquet"
     ds = datasets.load_dataset(
         "parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf")
     )
@@ -176,7 +270,10 @@ def test_synthetic_parquet_loads_as_hf_image_dataset(
 
 def test_latents_parquet(finished_run) -> None:
     cfg = finished_run.cfg
-    table = pq.read_table(finished_run.out / "latents" / "latents.parquet")
+    # A DP release is publishable; private latents are the custodian's (0600).
+    part = finished_run.release if cfg.mode == "released" else finished_run.custodian
+    path = part / "latents" / "latents.parquet"
+    table = pq.read_table(path)
     # No pixels, no record ids; a release also carries each row's noisy one-hot label.
     extra = ["label_vector"] if cfg.mode == "released" else []
     assert table.column_names == ["latent", "label", *extra]
@@ -184,7 +281,8 @@ def test_latents_parquet(finished_run) -> None:
     assert pa.types.is_fixed_size_list(latent_type)
     assert latent_type.list_size == cfg.stage1.latent_dim < 28 * 28
     assert table.schema.field("label").type == pa.int64()
-    assert table.num_rows == 1500
+    # --subset 1500 is a Poisson subset: planning used 1500, the realised count varies.
+    assert plausible_poisson_count(table.num_rows, planned=1500), table.num_rows
     values = table.column("latent").combine_chunks().flatten().to_numpy()
     assert np.isfinite(values).all()
     meta = json.loads(table.schema.metadata[b"tdpdm"])
@@ -192,6 +290,12 @@ def test_latents_parquet(finished_run) -> None:
     if cfg.mode == "private":
         assert meta["sensitive"] is True
         assert "never publish" in meta["warning"]
+        assert _mode(path) == 0o600
+        # The realised subset size stays with the custodian: the release report states the
+        # planned count only (an exact tie with it, about 1 % of runs, proves nothing).
+        if table.num_rows != 1500:
+            release = finished_run.report()
+            assert table.num_rows not in int_values({**release, "config": {}})
     else:
         assert meta["sensitive"] is False
         guarantee = meta["guarantee"]

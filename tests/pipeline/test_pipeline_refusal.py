@@ -41,6 +41,5 @@ def test_over_budget_plan_refused_before_any_read(
     assert "no record was read" in message
     assert reads == []
     assert Path(cfg.ledger).read_bytes() == before
-    assert not (tmp_path / "out" / "latents").exists()
-    assert not (tmp_path / "out" / "synthetic").exists()
+    assert not (tmp_path / "out").exists()  # neither part: nothing was written
     assert Ledger(cfg.ledger).charges("mnist") == []

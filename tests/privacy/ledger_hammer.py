@@ -91,7 +91,7 @@ def zygote() -> None:
     if location.startswith("s3://"):
         import botocore.session  # noqa: F401
 
-        import tdpdm.privacy.ledger_s3  # noqa: F401
+        import tdpdm.privacy.store.s3  # noqa: F401
     _say("ZYGOTE")
     for line in sys.stdin:
         seed = int(line.split()[1])

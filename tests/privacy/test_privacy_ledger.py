@@ -17,8 +17,8 @@ from tdpdm.privacy.ledger import (
     LedgerError,
     NoBudgetError,
 )
-from tdpdm.privacy.ledger_store import LedgerStoreError, LocalFileStore, open_store
 from tdpdm.privacy.session import PrivacySession
+from tdpdm.privacy.store import LedgerStoreError, LocalFileStore, open_store
 
 DS = "mnist"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +13,13 @@ import pytest
 from privacy_support import DELTA
 
 import tdpdm.data.private as private
+from tdpdm.config import load_config
 from tdpdm.data.errors import DataError
 from tdpdm.data.private import PrivateAccessError, PrivateTrainingSet
+from tdpdm.pipeline import training_set
 from tdpdm.privacy.events import PoissonGaussianEvent
 from tdpdm.privacy.ledger import Ledger
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import LedgerGrant, PrivacySession
 
 PLAN = [PoissonGaussianEvent(2.0, 0.05, 10, "encoder")]
@@ -47,8 +51,10 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     return calls
 
 
-def _records(shared_datasets: Path, subset: int | None = 500, seed: int = 3) -> PrivateTrainingSet:
-    return PrivateTrainingSet("mnist", str(shared_datasets), subset, seed)
+def _records(shared_datasets: Path, subset: int | None = 500, key: int = 3) -> PrivateTrainingSet:
+    """A subset with a fixed (test-only) secret key: `key` is the key itself, not a seed."""
+    subset_key = MechanismKey("subset", key) if subset is not None else None
+    return PrivateTrainingSet("mnist", str(shared_datasets), subset, subset_key=subset_key)
 
 
 def test_open_with_an_open_charge_reads_the_subset(
@@ -57,13 +63,15 @@ def test_open_with_an_open_charge_reads_the_subset(
     session = PrivacySession.begin(ledger, "mnist", "job", PLAN)
     records = _records(shared_datasets)
     images, labels = records.open(session.grant)
-    assert images.shape == (500, 28, 28) and images.dtype == np.uint8
-    assert labels.shape == (500,) and labels.dtype == np.int64
+    # A Poisson subset of the 60000 records at rate 500/60000: its size is random (sd ~ 22).
+    assert abs(len(images) - 500) < 120 and len(labels) == len(images)
+    assert images.shape[1:] == (28, 28) and images.dtype == np.uint8
+    assert labels.dtype == np.int64
     assert set(np.unique(labels)) <= set(range(10))
     assert len(loads) == 1 and records.reads == 1
-    # The subset is a seeded choice of positions: same seed, same records; other seed, others.
+    # The subset is a function of the secret key: same key, same records; other key, others.
     again, _ = _records(shared_datasets).open(session.grant)
-    other, _ = _records(shared_datasets, seed=4).open(session.grant)
+    other, _ = _records(shared_datasets, key=4).open(session.grant)
     assert np.array_equal(images, again)
     assert not np.array_equal(images, other)
 
@@ -135,7 +143,8 @@ def test_n_records_reads_only_the_header(
         raise Sealed("records were read")
 
     monkeypatch.setattr(private, "load_split", sealed)
-    assert PrivateTrainingSet("mnist", str(shared_datasets), None, 0).n_records() == 60000
+    assert PrivateTrainingSet("mnist", str(shared_datasets), None).n_records() == 60000
+    # A subset plans with its expected size m (public), never the realised one.
     assert _records(shared_datasets, subset=1500).n_records() == 1500
     assert _records(shared_datasets, subset=10**6).n_records() == 60000
     # ... while open() really goes through the loader (so the stand-in above is meaningful).
@@ -145,10 +154,18 @@ def test_n_records_reads_only_the_header(
 
 
 def test_bad_subset_and_missing_data(tmp_path: Path) -> None:
+    key = MechanismKey("subset", 0)
     with pytest.raises(DataError, match="subset"):
-        PrivateTrainingSet("mnist", str(tmp_path), 0, 0)
+        PrivateTrainingSet("mnist", str(tmp_path), 0, subset_key=key)
     with pytest.raises(DataError, match="missing"):
-        PrivateTrainingSet("mnist", str(tmp_path), 10, 0).n_records()
+        PrivateTrainingSet("mnist", str(tmp_path), 10, subset_key=key).n_records()
+
+
+@pytest.mark.parametrize("subset_key", [None, 3, np.random.default_rng(3)])
+def test_a_subset_needs_a_secret_key(tmp_path: Path, subset_key: object) -> None:
+    """No key, a number (a seed) or a plain generator: refused before any file is looked at."""
+    with pytest.raises(ValueError, match="secret key"):
+        PrivateTrainingSet("mnist", str(tmp_path), 10, subset_key=subset_key)  # type: ignore[arg-type]
 
 
 def test_n_records_rejects_a_file_that_is_not_a_labels_file(
@@ -161,4 +178,93 @@ def test_n_records_rejects_a_file_that_is_not_a_labels_file(
         gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 12)
     )
     with pytest.raises(DataError, match="labels"):
-        PrivateTrainingSet("mnist", str(tmp_path), None, 0).n_records()
+        PrivateTrainingSet("mnist", str(tmp_path), None).n_records()
+
+
+# A subset is a per-record Poisson draw (DESIGN 3.9): each record is kept by its own draw from
+# the secret key, so adding a record moves no other record in or out by itself, the realised
+# size is random around m, and a fresh key (what every run gets) draws another subset.
+
+N_SMALL, M_SMALL = 2000, 1000
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    """IDX bytes (uint8 payload) for an array."""
+    return bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def _numbered_split(where: Path, n: int) -> Path:
+    """A train split of `n` records whose image carries its own position (pixels 0 and 1)."""
+    ids = np.arange(n)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = ids % 256, ids // 256
+    where.mkdir(parents=True)
+    (where / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(images)))
+    (where / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(_idx((ids % 10).astype(np.uint8)))
+    )
+    return where
+
+
+def _kept(records: PrivateTrainingSet, grant) -> np.ndarray:
+    """Positions (in the file) of the records the subset kept."""
+    images, labels = records.open(grant)
+    ids = images[:, 0, 0].astype(np.int64) + 256 * images[:, 0, 1].astype(np.int64)
+    assert np.array_equal(labels, ids % 10)  # each image kept with its own label
+    return ids
+
+
+@pytest.fixture
+def open_grant(ledger: Ledger):
+    return PrivacySession.begin(ledger, "mnist", "job", PLAN).grant
+
+
+def test_subset_roles_are_independent_per_record(tmp_path: Path, open_grant) -> None:
+    """Same key, the data set with one more record: every other record keeps its own draw.
+
+    The rate is m / N, so it drops from m/n to m/(n+1) when a record is added: a record kept
+    with n + 1 records was kept with n too, and only those whose draw lies between the two rates
+    (about m/(n+1) = 0.5 records) drop out. A permutation of positions would reshuffle about
+    half of them."""
+    key = MechanismKey("subset", 7)
+    small = _numbered_split(tmp_path / "n", N_SMALL)
+    larger = _numbered_split(tmp_path / "n+1", N_SMALL + 1)
+    kept_n = _kept(PrivateTrainingSet("mnist", str(small), M_SMALL, subset_key=key), open_grant)
+    kept_more = _kept(PrivateTrainingSet("mnist", str(larger), M_SMALL, subset_key=key), open_grant)
+    others = kept_more[kept_more < N_SMALL]
+    assert np.isin(others, kept_n).all()
+    assert len(np.setdiff1d(kept_n, others)) <= 5
+    # And kept records come in file order, each at most once.
+    assert np.array_equal(kept_n, np.unique(kept_n))
+
+
+def test_subset_size_is_random_around_m(tmp_path: Path, open_grant) -> None:
+    """Independent Bernoulli(m/N) draws: the size is Binomial(N, m/N) (here sd 22), not m."""
+    data = str(_numbered_split(tmp_path / "d", N_SMALL))
+    sizes = [
+        len(
+            _kept(
+                PrivateTrainingSet("mnist", data, M_SMALL, subset_key=MechanismKey("s", k)),
+                open_grant,
+            )
+        )
+        for k in range(8)
+    ]
+    assert all(abs(size - M_SMALL) < 5 * 22.4 for size in sizes), sizes
+    assert len(set(sizes)) > 1, sizes  # a fixed-size choice of positions gives m every time
+    assert abs(np.mean(sizes) - M_SMALL) < 5 * 22.4 / np.sqrt(len(sizes)), sizes
+
+
+def test_fresh_keys_draw_different_subsets(tmp_path: Path, open_grant) -> None:
+    """The product's own path (`training_set`): the same config, seed included, twice; each
+    gets a fresh key from OS entropy, so the two subsets differ (with a seed-derived key they
+    would be equal, and anyone knowing the published seed would know who was left out)."""
+    data = str(_numbered_split(tmp_path / "d", N_SMALL))
+    cfg = load_config(None, {"subset": M_SMALL, "seed": 0, "dataset": "mnist"})
+    first, second = (_kept(training_set(cfg, data), open_grant) for _ in range(2))
+    assert abs(len(first) - M_SMALL) < 5 * 22.4
+    assert not np.array_equal(first, second)
+    # Different in many records, not one: independent draws agree on about half of the roles.
+    roles = np.zeros((2, N_SMALL), dtype=bool)
+    roles[0, first], roles[1, second] = True, True
+    assert 0.4 < (roles[0] != roles[1]).mean() < 0.6

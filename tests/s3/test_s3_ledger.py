@@ -10,8 +10,8 @@ from moto_endpoint import SECRETS
 
 from tdpdm.privacy.events import GaussianEvent, PoissonGaussianEvent
 from tdpdm.privacy.ledger import BudgetExceededError, Ledger
-from tdpdm.privacy.ledger_s3 import ObjectStoreLedgerStore
-from tdpdm.privacy.ledger_store import LedgerStoreError, LocalFileStore, open_store
+from tdpdm.privacy.store import LedgerStoreError, LocalFileStore, open_store
+from tdpdm.privacy.store.s3 import ObjectStoreLedgerStore
 
 DS = "mnist"
 DELTA = 1e-5

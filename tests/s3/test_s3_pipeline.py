@@ -1,13 +1,16 @@
 """The whole pipeline with everything on an S3 endpoint (moto's server on loopback).
 
 The MNIST IDX files are uploaded to a bucket; `tdpdm run` (a real process, the CLI a user runs)
-reads them from there, keeps its ledger there and writes latents, checkpoints, synthetic data and
-the report there. Distinctive fake AWS credentials must appear in no object, log or error.
+reads them from there, keeps its ledger there and writes its two parts there: `release/`
+(synthetic data, sample grid, DP weights, report) and `custodian/` (private latents, the
+custodian's report; its `work/` area is deleted when the run succeeds). Distinctive fake AWS
+credentials must appear in no object, log or error.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -25,6 +28,13 @@ from tdpdm.stages.synthetic_io import read_synthetic
 REPO = Path(__file__).resolve().parents[2]
 SUBSET = 1000
 SYNTHETIC = 100
+MNIST_TRAIN = 60000
+
+
+def _plausible_subset_count(count: int) -> bool:
+    """`--subset` is a Poisson subset: Binomial(60000, SUBSET/60000) records, within 6 sd."""
+    p = SUBSET / MNIST_TRAIN
+    return abs(count - SUBSET) <= 6 * math.sqrt(MNIST_TRAIN * p * (1 - p))
 
 
 def _shared_mnist() -> Path:
@@ -84,30 +94,46 @@ def test_pipeline_reads_and_writes_everything_on_s3(mnist_in_bucket, tmp_path: P
     done = _run_cli(args, {**os.environ, **s3.env}, timeout=840)
 
     assert done.returncode == 0, done.stderr[-3000:]
-    expected = {
-        "runs/first/report.json",
-        "runs/first/report.html",
-        "runs/first/samples.png",
-        "runs/first/synthetic/part-0.parquet",
-        "runs/first/latents/latents.parquet",
-        "runs/first/checkpoints/autoencoder.pt",
-        "runs/first/checkpoints/diffusion.pt",
-        "ledgers/ledger.json",
+    release = {
+        "runs/first/release/report.json",
+        "runs/first/release/report.html",
+        "runs/first/release/samples.png",
+        "runs/first/release/synthetic/part-0.parquet",
+        "runs/first/release/models/autoencoder.pt",
+        "runs/first/release/models/diffusion.pt",
+    }
+    custodian = {
+        "runs/first/custodian/report.json",
+        "runs/first/custodian/report.html",
+        "runs/first/custodian/latents/latents.parquet",  # private mode: never published
     }
     keys = set(s3.keys())
-    assert expected <= keys, sorted(expected - keys)
+    # Exactly the two parts (evaluation is off: no evaluation.json) and the ledger; the work
+    # area (checkpoints with secret generator state) is gone after success.
+    assert keys - {k for k in keys if k.startswith("datasets/")} == {
+        *release,
+        *custodian,
+        "ledgers/ledger.json",
+    }
     assert not list(tmp_path.glob("runs*")) and not (REPO / "runs" / "first").exists()
 
-    report = json.loads(s3.get("runs/first/report.json"))
+    report = json.loads(s3.get("runs/first/release/report.json"))
     validate_report(report)
     assert report["privacy"]["ledger"] == ledger_uri
-    assert s3.get("runs/first/samples.png").startswith(b"\x89PNG")
-    assert b"<html" in s3.get("runs/first/report.html").lower()
+    assert set(report["metrics"].values()) == {None}  # nothing read from real data
+    assert s3.get("runs/first/release/samples.png").startswith(b"\x89PNG")
+    assert b"<html" in s3.get("runs/first/release/report.html").lower()
+    kept = json.loads(s3.get("runs/first/custodian/report.json"))
+    validate_report(kept)
+    assert kept["privacy"] == report["privacy"] and "never publish" in kept["part"]
 
     # Stage-2 input and the published output read back from the bucket with pyarrow.
-    latents, labels, meta = read_latents(s3.uri("runs", "first", "latents", "latents.parquet"))
-    assert latents.shape[0] == labels.shape[0] == SUBSET and meta
-    images, synth_labels, _ = read_synthetic(s3.uri("runs", "first", "synthetic", "part-0.parquet"))
+    latents_uri = s3.uri("runs", "first", "custodian", "latents", "latents.parquet")
+    latents, labels, meta = read_latents(latents_uri)
+    assert latents.shape[0] == labels.shape[0] and meta and meta["sensitive"] is True
+    assert _plausible_subset_count(latents.shape[0]), latents.shape  # planned SUBSET, Poisson
+    synthetic_uri = s3.uri("runs", "first", "release", "synthetic", "part-0.parquet")
+    images, synth_labels, _ = read_synthetic(synthetic_uri)
     assert images.shape == (SYNTHETIC, 28, 28) and len(synth_labels) == SYNTHETIC
 
     # The ledger on S3 holds this run's settled charge, at the epsilon the report states.
@@ -170,7 +196,12 @@ def test_stage2_reads_released_latents_back_from_s3(mnist_in_bucket, tmp_path: P
     encode.remove("--mode")
     done = _run_cli(encode + common, env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "enc/latents/latents.parquet" in s3.keys("enc/")
+    # A DP release of latents is publishable; the manifest is the custodian's.
+    assert set(s3.keys("enc/")) == {
+        "enc/release/latents/latents.parquet",
+        "enc/release/models/autoencoder.pt",
+        "enc/custodian/stage1.json",
+    }
     ledger = Ledger(ledger_uri)
     spent_after_encode = ledger.spent("mnist").epsilon
 
@@ -182,8 +213,12 @@ def test_stage2_reads_released_latents_back_from_s3(mnist_in_bucket, tmp_path: P
     assert done2.returncode == 0, done2.stderr[-3000:]
 
     keys = set(s3.keys("diff/"))
-    assert {"diff/report.json", "diff/synthetic/part-0.parquet", "diff/samples.png"} <= keys
-    report = json.loads(s3.get("diff/report.json"))
+    published = {"report.json", "report.html", "synthetic/part-0.parquet", "samples.png"}
+    published |= {"models/autoencoder.pt", "models/diffusion.pt"}
+    assert {f"diff/release/{name}" for name in published} <= keys
+    assert all(k.startswith(("diff/release/", "diff/custodian/")) for k in keys), sorted(keys)
+    assert not any(k.startswith("diff/custodian/work/") for k in keys)
+    report = json.loads(s3.get("diff/release/report.json"))
     validate_report(report)
     assert report["privacy"]["adjacency"] == "replace_one"
     assert ledger.spent("mnist").epsilon == pytest.approx(spent_after_encode, rel=1e-12)

@@ -5,7 +5,8 @@ with `--metrics-port` and `--metrics-linger-s`, so its driver serves the final f
 seconds after the run. Prometheus scrapes it every second on 127.0.0.1. Once a scrape shows the
 run as succeeded, every check is an instant query pinned to that same evaluation time, so a
 series going stale after the subprocess exits cannot race the assertions; the epsilon-spent
-series must then equal what the ledger reports for the data set.
+series must then equal what the ledger reports for the data set, and no training loss (an
+unnoised statistic of private records, exported only when the custodian opts in) is scraped.
 """
 
 from __future__ import annotations
@@ -215,6 +216,9 @@ def test_prometheus_scrapes_epsilon_spent_of_a_real_pipeline_run(
     delta = value('tdpdm_privacy_delta{dataset="mnist"}')
     encoder_steps = value('tdpdm_training_steps_total{stage="encoder"}')
     running = value(f'tdpdm_job_status{{run_id="{run_id}", status="running"}}')
+    # custodian_losses is off by default: steps and throughput are exported, losses are not.
+    assert query_at(server, '{__name__=~"(ray_)?tdpdm_training_loss"}', at) == []
+    assert query_at(server, '{__name__=~"(ray_)?tdpdm_training_samples_per_second"}', at)
 
     # The run ends on its own: linger, then exit 0.
     try:
@@ -247,7 +251,7 @@ def test_prometheus_scrapes_epsilon_spent_of_a_real_pipeline_run(
     assert running == 0.0
 
     # The scraped run is the one that wrote the report, and its encoder steps were all counted.
-    report = json.loads((out_dir / "report.json").read_text())
+    report = json.loads((out_dir / "release" / "report.json").read_text())
     assert report["run_id"] == run_id
     (encoder_stage,) = [s for s in report["stages"] if s["name"] == "encoder"]
     assert encoder_steps > 0

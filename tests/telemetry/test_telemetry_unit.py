@@ -80,6 +80,7 @@ def test_default_is_a_silent_no_op() -> None:
     t.privacy("mnist", 1.0, 10.0, 1e-5)
     t.stage("r", "stage1", 0.5)
     t.step("stage1", 10, 0.1, 100.0)
+    t.step("stage1", 10, None, 100.0)
     t.trial("running", 3)
     t.job("r", "running")
 
@@ -129,6 +130,21 @@ def test_steps_are_a_counter_of_increments() -> None:
     assert value(t, "tdpdm_training_samples_per_second", stage="stage1") == 150.0
     with pytest.raises(ValueError, match="negative"):
         t.step("stage1", -1, 0.4, 1.0)
+
+
+def test_loss_is_exported_only_when_given() -> None:
+    """The pipeline passes loss=None unless the custodian opted in (custodian_losses): steps and
+    throughput are still exported, and no loss series appears at all (not even a 0)."""
+    t = PrometheusTelemetry()
+    t.step("encoder", 10, None, 100.0)
+    assert value(t, "tdpdm_training_steps_total", stage="encoder") == 10
+    assert value(t, "tdpdm_training_samples_per_second", stage="encoder") == 100.0
+    assert [k for k in samples(t) if k[0] == "tdpdm_training_loss"] == []
+    t.step("encoder", 5, 0.25, 90.0)  # opted in
+    assert value(t, "tdpdm_training_loss", stage="encoder") == 0.25
+    t.step("encoder", 5, None, 80.0)  # None never overwrites or clears with a made-up value
+    assert value(t, "tdpdm_training_loss", stage="encoder") == 0.25
+    assert value(t, "tdpdm_training_steps_total", stage="encoder") == 20
 
 
 def test_trials_and_exclusive_job_status() -> None:
@@ -196,10 +212,12 @@ def test_fanout_reaches_every_sink() -> None:
     fan.privacy("mnist", 1.0, 10.0, 1e-5)
     fan.stage("r", "s", 0.5)
     fan.step("s", 2, 0.1, 10.0)
+    fan.step("s", 1, None, 10.0)
     fan.trial("running", 1)
     fan.job("r", "succeeded")
     for t in (a, b):
-        assert value(t, "tdpdm_training_steps_total", stage="s") == 2
+        assert value(t, "tdpdm_training_steps_total", stage="s") == 3
+        assert value(t, "tdpdm_training_loss", stage="s") == 0.1
         assert value(t, "tdpdm_job_status", run_id="r", status="succeeded") == 1
 
 
@@ -282,6 +300,17 @@ def test_ray_backend_names_and_values(fake_ray: None) -> None:
     assert status[(("run_id", "r1"), ("status", "running"))] == 1
     assert status[(("run_id", "r1"), ("status", "failed"))] == 0
     assert (("run_id", "r1"),) in by_name["tdpdm_last_progress_timestamp_seconds"].values
+
+
+def test_ray_backend_exports_no_loss_unless_given(fake_ray: None) -> None:
+    t = RayTelemetry()
+    by_name = {m.name: m for m in registry}
+    t.step("encoder", 4, None, 50.0)
+    assert by_name["tdpdm_training_loss"].values == {}
+    assert by_name["tdpdm_training_steps"].values == {(("stage", "encoder"),): 4.0}
+    assert by_name["tdpdm_training_samples_per_second"].values == {(("stage", "encoder"),): 50.0}
+    t.step("encoder", 1, 0.5, 50.0)  # opted in
+    assert by_name["tdpdm_training_loss"].values == {(("stage", "encoder"),): 0.5}
 
 
 def test_ray_metrics_are_built_once_per_process(fake_ray: None) -> None:

@@ -27,7 +27,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from tdpdm.data.storage import redact, s3_region, scrub_secrets
-from tdpdm.privacy.ledger_store import Document, LedgerStoreError, empty_document, parse_document
+from tdpdm.privacy.store.document import (
+    Document,
+    LedgerStoreError,
+    empty_document,
+    parse_document,
+)
 
 T = TypeVar("T")
 

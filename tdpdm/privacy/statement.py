@@ -1,0 +1,100 @@
+"""The guarantee in words: what a run's epsilon covers, what it does not, and where each output
+sits (release or custodian part). One place, so the report, the Parquet stamp and the README
+say the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tdpdm.privacy.accountant import EpsilonBound
+from tdpdm.privacy.events import Event, event_to_dict
+from tdpdm.report.text import epsilon_text
+
+RANDOMNESS = (
+    "mechanism randomness (sampling masks, DP noise, release and score noise, subset and "
+    "held-out draws) came from fresh OS entropy, one secret key per mechanism, never from the "
+    "published seed; no generator state was written to the release part"
+)
+
+
+def covered_outputs(mode: str, mechanism: str) -> list[str]:
+    covered = ["the encoder/decoder weights", "the stage-2 model", "the synthetic data set"]
+    if mode == "released":
+        covered.insert(1, "the released latents (release/latents/latents.parquet)")
+    if mechanism == "lipschitz-vae":
+        covered[:2] = [
+            "the VAE encoder/decoder weights (trained on the private records with DP-SGD; no "
+            "public data set was used)",
+            "the released latents and labels (release/latents/latents.parquet): one Gaussian "
+            "release per record of [mu(x), scaled one-hot label], mu the encoder mean with a "
+            "proven Lipschitz bound L (exact product of its layers' spectral norms, checked on "
+            "data; only pass/fail of the check is published), sensitivity sqrt((28 L)^2 + 2 b^2) "
+            "for pixels in [0, 1]^784",
+        ]
+    return covered
+
+
+def not_covered(
+    mode: str, *, evaluated: bool, custodian_losses: bool, subset: int | None
+) -> list[str]:
+    """What the guarantee does not cover, in the order a privacy officer reads it."""
+    items = []
+    if mode == "private":
+        items.append(
+            "custodian/latents/latents.parquet: private latents are a sensitive intermediate "
+            "and must not leave the custodian"
+        )
+    else:
+        items.append(
+            "the release is DP only under replace-one adjacency: a record's presence (as "
+            "opposed to its value) is not hidden"
+        )
+    items.append("the number of training records is treated as public (it sets the sampling rate)")
+    if subset is not None:
+        items.append(
+            f"subset: each record was kept independently with probability {subset}/N (secret "
+            "draws); the guarantee is stated for every record of the data set handed in, "
+            "without claiming amplification by subsampling"
+        )
+    if evaluated:
+        items.append(
+            "custodian/evaluation.json and the metrics in custodian/report.json: read the real "
+            "training and test splits without noise (opted in by evaluation.enabled); "
+            "custodian-only, never publish"
+        )
+    if custodian_losses:
+        items.append(
+            "training losses (unnoised statistics of private records; opted in by "
+            "custodian_losses): in custodian/report.json, the progress bar and telemetry"
+        )
+    items.append(
+        "custodian/work/: DP-SGD checkpoints hold secret generator state; deleted when the run "
+        "succeeds, kept private otherwise"
+    )
+    items.append(
+        "noise is drawn with torch/NumPy generators keyed from OS entropy (not a CSPRNG stream; "
+        "Opacus secure_mode off): floating-point side channels are out of scope"
+    )
+    return items
+
+
+def statement(
+    bound: EpsilonBound, *, n: int, dataset: str, covered: Sequence[str], adjacency_words: str
+) -> str:
+    return (
+        f"({epsilon_text(bound.epsilon)}, {bound.delta:g})-differential privacy for each of the "
+        f"{n} training records of {dataset}, with neighbouring data sets differing by "
+        f"{adjacency_words}. Covered: {', '.join(covered)}; anything computed from them alone is "
+        f"post-processing and covered too. Randomness: {RANDOMNESS}."
+    )
+
+
+def parquet_guarantee(privacy: dict[str, Any], run_id: str, dataset: str) -> dict[str, Any]:
+    keys = ("epsilon", "delta", "adjacency", "accountant", "events", "statement")
+    return {k: privacy[k] for k in keys} | {"run_id": run_id, "dataset": dataset}
+
+
+def events_as_dicts(events: Sequence[Event]) -> list[dict[str, Any]]:
+    return [event_to_dict(e) for e in events]

@@ -26,6 +26,7 @@ from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.context import RunContext
 from tdpdm.stages.deconvolve import fit_release_model
 from tdpdm.stages.diffuse import train_diffusion
+from tdpdm.stages.dp_moments import DPMoments
 from tdpdm.stages.dpsgd import DPSGDPlan
 from tdpdm.stages.plan import DIFFUSION, Stage2Plan
 
@@ -135,10 +136,13 @@ class ReleaseMixture:
         return model
 
 
-STAGE2_MODELS: dict[str, Stage2Model] = {m.name: m for m in (LatentDiffusion(), ReleaseMixture())}
+STAGE2_MODELS: dict[str, Stage2Model] = {
+    m.name: m for m in (LatentDiffusion(), ReleaseMixture(), DPMoments())
+}
 
 
 def stage2_model(cfg: RunConfig) -> Stage2Model:
-    """The configured model: `released` mode's `stage2.released_model`, diffusion otherwise."""
-    name = cfg.stage2.released_model if cfg.mode == "released" else "diffusion"
-    return STAGE2_MODELS[name]
+    """The configured model: `stage2.released_model` on a DP release, `stage2.private_model`
+    on private latents."""
+    s2 = cfg.stage2
+    return STAGE2_MODELS[s2.released_model if cfg.mode == "released" else s2.private_model]

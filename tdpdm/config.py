@@ -81,6 +81,12 @@ class Stage2Config:
     """Deconvolution: mixture components per class."""
     mixture_iterations: int = 100
     """Deconvolution: EM iterations."""
+    private_model: str = "diffusion"
+    """`private` mode's stage 2: `diffusion` (DP-SGD latent diffusion) or `dp-moments` (class
+    Gaussians from one Gaussian release of per-class moments, stages/dp_moments.py)."""
+    moments_covariance: str = "full"
+    """dp-moments: `full` or `diagonal` covariances (diagonal: d instead of d(d+1)/2 noisy
+    entries per class; better at small epsilon)."""
 
 
 @dataclass
@@ -205,6 +211,16 @@ class RunConfig:
             raise ConfigError(
                 f"release.label_scale must be in (0, 1), got {self.release.label_scale}"
             )
+        if s2.private_model not in ("diffusion", "dp-moments"):
+            raise ConfigError(
+                f"stage2.private_model must be diffusion or dp-moments, got {s2.private_model!r}"
+            )
+        if s2.moments_covariance not in ("full", "diagonal"):
+            raise ConfigError(
+                f"stage2.moments_covariance must be full or diagonal, got {s2.moments_covariance!r}"
+            )
+        if self.tune.trials and s2.private_model != "diffusion" and self.mode == "private":
+            raise ConfigError("tune.trials searches the diffusion model: set stage2.private_model")
         if s2.released_model not in ("deconvolution", "diffusion"):
             raise ConfigError(
                 "stage2.released_model must be deconvolution or diffusion, got "

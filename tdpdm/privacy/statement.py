@@ -98,3 +98,47 @@ def parquet_guarantee(privacy: dict[str, Any], run_id: str, dataset: str) -> dic
 
 def events_as_dicts(events: Sequence[Event]) -> list[dict[str, Any]]:
     return [event_to_dict(e) for e in events]
+
+
+def privacy_section(
+    bound: EpsilonBound,
+    events: Sequence[Event],
+    *,
+    budget: dict[str, Any],
+    spent_epsilon: float,
+    target_epsilon: float,
+    charge_id: str | None,
+    ledger: str,
+    dataset: str,
+    n_records: int,
+    mode: str,
+    mechanism: str,
+    evaluated: bool,
+    custodian_losses: bool,
+    subset: int | None,
+) -> dict[str, Any]:
+    """The report's `privacy` section: the bound, what ran, and what it covers, in words."""
+    words = bound.adjacency.in_words()
+    return {
+        "epsilon": bound.epsilon,
+        "delta": bound.delta,
+        "adjacency": bound.adjacency.value,
+        "adjacency_words": words,
+        "accountant": bound.accountant,
+        "target_epsilon": target_epsilon,
+        "events": events_as_dicts(events),
+        "budget": budget | {"spent_epsilon_after_run": spent_epsilon},
+        "charge_id": charge_id,
+        "ledger": ledger,
+        "statement": statement(
+            bound,
+            n=n_records,
+            dataset=dataset,
+            covered=covered_outputs(mode, mechanism),
+            adjacency_words=words,
+        ),
+        "randomness": RANDOMNESS,
+        "not_covered": not_covered(
+            mode, evaluated=evaluated, custodian_losses=custodian_losses, subset=subset
+        ),
+    }

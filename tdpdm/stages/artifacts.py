@@ -15,11 +15,14 @@ the pipeline, the CLI, the audit and the tests agree on them.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from tdpdm.data import storage
+from tdpdm.privacy.events import event_from_dict
 
 RELEASE = "release"
 CUSTODIAN = "custodian"
@@ -120,3 +123,40 @@ def load_model_state(uri: str, model: torch.nn.Module) -> None:
         raise ValueError(
             f"{storage.redact(uri)}: not a readable checkpoint for this model ({first})"
         ) from None
+
+
+def write_manifest(uri: str, manifest: dict[str, Any]) -> None:
+    """An encode run's `stage1.json` (custodian part): what `tdpdm diffuse` continues from."""
+    storage.write_bytes_atomic(uri, json.dumps(manifest, indent=2).encode(), private=True)
+
+
+_MANIFEST_FIELDS = {
+    "dataset": str,
+    "mode": str,
+    "n_records": int,
+    "latent_dim": int,
+    "width": int,
+    "events": list,
+}
+
+
+def read_manifest(uri: str) -> dict[str, Any]:
+    """`stage1.json` of an encode run, checked: a damaged one fails in one line naming it."""
+    source = storage.redact(uri)
+    raw = storage.read_bytes(uri)
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{source}: not a JSON manifest ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{source}: the manifest is not a JSON object")
+    for key, kind in _MANIFEST_FIELDS.items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
+            raise ValueError(f"{source}: missing or invalid {key!r} ({value!r:.60})")
+    try:
+        for event in manifest["events"]:
+            event_from_dict(event)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{source}: invalid privacy event ({err})") from None
+    return manifest

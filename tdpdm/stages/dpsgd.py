@@ -95,6 +95,10 @@ class DPSGDPlan:
             stage=self.stage,
         )
 
+    def events(self) -> list[Event]:
+        """The whole segment (a `Stage2Plan`, so a DP-SGD model plugs into a run plan)."""
+        return [self.event()]
+
     def with_noise(self, noise_multiplier: float) -> DPSGDPlan:
         return DPSGDPlan(
             self.stage,

@@ -1,14 +1,18 @@
 """A run's privacy plan: every mechanism it will run, calibrated before any record is read.
 
 Stage 1 gets `stage1.epsilon_fraction` of the target epsilon on its own; the second mechanism
-(stage-2 DP-SGD in `private` mode, the per-record release in `released` mode) is then calibrated
-so that the *composition* of both meets the target: composition under PRV/PLD is sub-additive,
-so this spends the budget more fully than splitting epsilons linearly.
+(the stage-2 model's in `private` mode, the per-record release in `released` mode) is then
+calibrated so that the *composition* of both meets the target: composition under PRV/PLD is
+sub-additive, so this spends the budget more fully than splitting epsilons linearly. How a
+stage-2 model is planned is the model's own business (`stages/stage2_models.py`): the run plan
+takes its planner as a function of what stage 1 spends.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from tdpdm.config import RunConfig
 from tdpdm.privacy.accountant import compute_epsilon
@@ -21,6 +25,17 @@ ENCODER, DIFFUSION, RELEASE = "encoder", "diffusion", "latent_release"
 LIPSCHITZ_VAE, LIPSCHITZ_RELEASE = "lipschitz_vae", "lipschitz_release"
 
 
+class Stage2Plan(Protocol):
+    """What a stage-2 model will spend (a DP-SGD segment, a Gaussian release, ...)."""
+
+    def events(self) -> list[Event]: ...
+
+
+Stage2Planner = Callable[[list[Event]], Stage2Plan]
+"""`planner(spent)`: the stage-2 plan calibrated so that, composed with `spent`, the run meets
+its target."""
+
+
 @dataclass(frozen=True)
 class PrivacyPlan:
     mode: str
@@ -29,7 +44,9 @@ class PrivacyPlan:
     delta: float
     n_records: int
     encoder: DPSGDPlan
-    diffusion: DPSGDPlan | None = None
+    stage2: Stage2Plan | None = None
+    """Stage 2's own mechanisms when it reads private latents (None: post-processing, or a
+    search whose trials are planned and charged one by one)."""
     release_noise: float | None = None
     release_stage: str = RELEASE
 
@@ -40,8 +57,8 @@ class PrivacyPlan:
 
     def events(self) -> list[Event]:
         events: list[Event] = [self.encoder.event()]
-        if self.diffusion is not None:
-            events.append(self.diffusion.event())
+        if self.stage2 is not None:
+            events.extend(self.stage2.events())
         if self.release_noise is not None:
             events.append(self.release_event())
         return events
@@ -77,11 +94,13 @@ def plan_run(
     adjacency: Adjacency,
     delta: float,
     encoder_only: bool = False,
+    stage2: Stage2Planner | None = None,
 ) -> PrivacyPlan:
     """Calibrate every noise multiplier of the run to `cfg.epsilon` at `delta`.
 
     `encoder_only` (the `tdpdm encode` command in private mode) gives stage 1 the whole target;
-    stage 2 is then planned later by `plan_diffusion` against what stage 1 spent."""
+    stage 2 is then planned later against what stage 1 spent. `stage2` plans the stage-2 model
+    (needed in `private` mode unless encoder-only or searched by Tune)."""
     check_feasible(cfg, n_records, adjacency, delta)
     s1 = cfg.stage1
     # `lipschitz-vae` (released mode only, see config): the same two mechanisms, DP-SGD of the
@@ -125,27 +144,8 @@ def plan_run(
     if encoder_only or cfg.tune.trials:
         # With a stage-2 search each trial is planned and charged on its own (distributed/).
         return PrivacyPlan(cfg.mode, adjacency, cfg.epsilon, delta, n_records, enc)
-    diff = plan_diffusion(cfg, n_records, adjacency, delta, [enc.event()])
-    return PrivacyPlan(cfg.mode, adjacency, cfg.epsilon, delta, n_records, enc, diffusion=diff)
-
-
-def plan_diffusion(
-    cfg: RunConfig, n_records: int, adjacency: Adjacency, delta: float, spent: list[Event]
-) -> DPSGDPlan:
-    """Stage-2 DP-SGD calibrated so that, composed with `spent`, it meets `cfg.epsilon`."""
-    s2 = cfg.stage2
-
-    def diffusion(sigma: float) -> DPSGDPlan:
-        return DPSGDPlan.from_epochs(
-            DIFFUSION,
-            n_records=n_records,
-            batch_size=s2.batch_size,
-            epochs=s2.epochs,
-            noise_multiplier=sigma,
-            max_grad_norm=s2.max_grad_norm,
-        )
-
-    sigma2 = calibrate_noise(
-        lambda s: [diffusion(s).event()], cfg.epsilon, delta, adjacency, fixed_events=spent
+    if stage2 is None:
+        raise ValueError("a private run needs its stage-2 model's planner")
+    return PrivacyPlan(
+        cfg.mode, adjacency, cfg.epsilon, delta, n_records, enc, stage2=stage2([enc.event()])
     )
-    return diffusion(sigma2)

@@ -52,11 +52,11 @@ def _run(tmp_path: Path, data_dir: Path, mode: str, trials: int):
 def test_private_search_admits_exactly_the_budgeted_trials(
     tmp_path, data_dir, fixed_mechanism_keys, monkeypatch
 ):
-    from tdpdm import pipeline
+    from tdpdm.stages.context import RunContext
 
     # Keep the custodian's work directory (trial checkpoints, Tune's results and pickles) to
     # check below that the run's secret key is in none of its files either.
-    monkeypatch.setattr(pipeline, "_remove_work", lambda ctx: None)
+    monkeypatch.setattr(RunContext, "remove_work", lambda ctx: None)
     cfg = _run(tmp_path, data_dir, "private", trials=5)
     layout = RunLayout(cfg.out)
     report = read_report_json(layout.release(REPORT_JSON))

@@ -1,0 +1,174 @@
+"""What every entry point of a run holds before and while its mechanisms run: the validated
+config, the ledger and its budget, telemetry, the log, the output layout. Nothing here reads a
+private record; `charged` settles a charge exactly once whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from tdpdm.config import RunConfig
+from tdpdm.data import storage
+from tdpdm.data.catalog import DatasetSpec, get_spec
+from tdpdm.data.download import ensure_dataset
+from tdpdm.privacy.ledger import Budget, Ledger
+from tdpdm.privacy.session import PrivacySession
+from tdpdm.stages.artifacts import RunLayout
+from tdpdm.stages.plan import default_adjacency
+from tdpdm.telemetry import Telemetry, get_telemetry
+
+Log = Callable[[str], None]
+StageRecord = dict[str, Any]
+"""One entry of the report's `stages` list: name, wall_time_s, details."""
+
+
+@dataclass
+class RunContext:
+    """One job's surroundings. The config is validated and never changed afterwards."""
+
+    cfg: RunConfig
+    spec: DatasetSpec
+    job_id: str
+    data_dir: str
+    ledger: Ledger
+    budget: Budget
+    telemetry: Telemetry
+    log: Log
+    started: float
+    layout: RunLayout
+    budget_is_new: bool = False
+    stages: list[StageRecord] = field(default_factory=list)
+    tuning: dict[str, Any] | None = None
+    """The stage-2 search's report section, when one ran."""
+    tuning_events: list = field(default_factory=list)
+    """What the search's trials spent (their own ledger charges): part of the run's epsilon."""
+    work_dirs: list[str] = field(default_factory=list)
+    """Custodian scratch (checkpoints with secret generator state) to delete on success."""
+    losses: dict[str, float] = field(default_factory=dict)
+    """Last training loss per stage: kept only when the custodian opted in."""
+
+    @classmethod
+    def start(cls, cfg: RunConfig, log: Log, telemetry: Telemetry | None) -> RunContext:
+        started = time.perf_counter()
+        torch.manual_seed(cfg.seed)  # public: initial weights and the synthetic sampler only
+        # An output URI that cannot be written (odd scheme, NUL byte) must fail here, not after
+        # the mechanisms ran and spent budget on results that could not be saved.
+        storage.resolve(cfg.out)
+        data_dir = ensure_dataset(
+            cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
+        )
+        ledger = Ledger(cfg.ledger)
+        budget, budget_is_new = _budget_for(ledger, cfg, log)
+        return cls(
+            cfg=cfg,
+            spec=get_spec(cfg.dataset),
+            job_id=cfg.job_id or f"{cfg.dataset}-{cfg.mode}-{uuid.uuid4().hex[:8]}",
+            data_dir=data_dir,
+            ledger=ledger,
+            budget=budget,
+            budget_is_new=budget_is_new,
+            telemetry=telemetry or get_telemetry(),
+            log=log,
+            started=started,
+            layout=RunLayout(cfg.out),
+        )
+
+    def begin(self, events: list) -> PrivacySession:
+        """Reserve `events` on the ledger: refused here, ledger untouched, before any read."""
+        if self.budget_is_new:
+            b = self.budget
+            self.budget = self.ledger.set_budget(
+                self.cfg.dataset, b.epsilon, b.delta, b.adjacency.value
+            )
+            self.budget_is_new = False
+            self.log(
+                f"no budget for {self.cfg.dataset} in {self.ledger.store.location}: set it "
+                f"to {self.budget.describe()}"
+            )
+        session = PrivacySession.begin(self.ledger, self.cfg.dataset, self.job_id, events)
+        self.telemetry.job(self.job_id, "running")
+        self.report_budget()
+        return session
+
+    def report_budget(self) -> None:
+        spent = self.ledger.spent(self.cfg.dataset).epsilon
+        self.telemetry.privacy(self.cfg.dataset, spent, self.budget.epsilon, self.budget.delta)
+
+    @contextlib.contextmanager
+    def timed(self, name: str, **details: Any) -> Iterator[dict[str, Any]]:
+        """Record a stage's wall time in `stages`; the block may add details to the dict."""
+        t = time.perf_counter()
+        yield details
+        self.stages.append(
+            {"name": name, "wall_time_s": time.perf_counter() - t, "details": details}
+        )
+
+    def progress(self, stage: str, total: int, batch: int) -> Callable[[int, float], None]:
+        """Telemetry every 10 steps: steps and throughput; the loss only if the custodian opted
+        in (a batch's mean loss is an unnoised statistic of private records)."""
+        last = [time.perf_counter(), 0]
+        keep_loss = self.cfg.custodian_losses
+
+        def on_step(step: int, loss: float) -> None:
+            if keep_loss and np.isfinite(loss):
+                self.losses[stage] = float(loss)
+            if step % 10 and step != total:
+                return
+            now = time.perf_counter()
+            rate = (step - last[1]) * batch / max(now - last[0], 1e-9)
+            shown = float(loss) if keep_loss and np.isfinite(loss) else None
+            self.telemetry.step(stage, step - last[1], shown, rate)
+            self.telemetry.stage(self.job_id, stage, step / total)
+            last[:] = [now, step]
+
+        return on_step
+
+    def remove_work(self) -> None:
+        """Delete checkpoints that hold secret generator state once the run has succeeded."""
+        for uri in [self.layout.work, *self.work_dirs]:
+            storage.remove_tree(uri)
+
+
+@contextlib.contextmanager
+def charged(ctx: RunContext, session: PrivacySession, was_read: Callable[[], bool]):
+    """Settle the charge at what ran. A job that failed before reading anything is cancelled;
+    one that failed after reading (even in validation) is charged its full plan: whether and how
+    it failed can depend on the records."""
+    try:
+        yield
+    except BaseException as err:
+        if not was_read():
+            session.cancel_unread(note=f"failed before reading any record: {err}")
+        else:
+            session.settle_at_full_plan(
+                note=f"failed after reading records ({type(err).__name__}): charged its full plan"
+            )
+        ctx.telemetry.job(ctx.job_id, "failed")
+        raise
+    session.settle(note=f"completed {ctx.job_id}")
+    ctx.report_budget()
+
+
+def _budget_for(ledger: Ledger, cfg: RunConfig, log: Log) -> tuple[Budget, bool]:
+    """The data set's budget, or (not yet written) the one this run would set: (budget, new).
+
+    A new budget is only written when the run's plan is reserved, so a run refused earlier (bad
+    delta, impossible epsilon) leaves the ledger as it found it."""
+    budget = ledger.budget(cfg.dataset)
+    if budget is None:
+        adjacency = default_adjacency(cfg.mode)
+        return Budget(float(cfg.epsilon), float(cfg.delta), adjacency), True
+    if budget.delta != cfg.delta:
+        log(
+            f"note: the {cfg.dataset} budget is stated at delta {budget.delta:g}; the run is "
+            f"accounted at that delta, not {cfg.delta:g}"
+        )
+    return budget, False

@@ -1,0 +1,234 @@
+"""Stage 1 as a seam: a `Stage1Mechanism` names the model trained with DP-SGD on the private
+records (a picklable factory and a per-record loss, so the same pieces run in-process or on Ray
+Train workers), and what it produces afterwards: a DP release of per-record latents (accounted
+by the plan's release event) or private latents for a DP stage 2.
+
+Two mechanisms: `dpsgd-autoencoder` and `lipschitz-vae`. Adding one: a class like these and a
+line in `STAGE1_MECHANISMS`; `stages/plan.py` states what it spends.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from tdpdm.config import RunConfig
+from tdpdm.data.private import PrivateTrainingSet
+from tdpdm.models.autoencoder import ConvAutoencoder
+from tdpdm.privacy.accountant import compute_epsilon
+from tdpdm.privacy.events import event_to_dict
+from tdpdm.privacy.randomness import MechanismKey
+from tdpdm.privacy.session import PrivacySession
+from tdpdm.stages import lipschitz_release as lipschitz
+from tdpdm.stages.artifacts import save_model
+from tdpdm.stages.context import RunContext
+from tdpdm.stages.dpsgd import DPSGDPlan, LossFn, train_dpsgd
+from tdpdm.stages.encode import encode, images_to_tensor, new_autoencoder, reconstruction_loss
+from tdpdm.stages.latents_io import write_latents
+from tdpdm.stages.plan import PrivacyPlan
+from tdpdm.stages.release import release_latents
+
+ModelFactory = Callable[[], nn.Module]
+Trainer = Callable[
+    [RunContext, ModelFactory, list[torch.Tensor], LossFn, DPSGDPlan, PrivacySession, MechanismKey],
+    tuple[nn.Module, dict[str, Any]],
+]
+"""`train(ctx, factory, tensors, loss_fn, plan, session, key) -> (model, execution details)`:
+in-process (`train_locally`) or on Ray Train (`distributed/stage1_train.py`, via the pipeline)."""
+
+
+@dataclass(frozen=True)
+class Stage1Output:
+    model: nn.Module
+    latents: np.ndarray
+    labels: np.ndarray
+    label_vectors: np.ndarray | None
+    info: dict[str, Any]
+    """`kind`: `dp_release` (publishable) or `sensitive_intermediate`; plus public metadata."""
+
+    @property
+    def released(self) -> bool:
+        return self.info["kind"] == "dp_release"
+
+
+class Stage1Mechanism(Protocol):
+    name: str
+    title: str
+    loss_fn: LossFn
+
+    def factory(self, cfg: RunConfig, plan: PrivacyPlan) -> ModelFactory: ...
+
+    def blank(self, cfg: RunConfig) -> nn.Module:
+        """An untrained model of the configured shape (to load saved weights into)."""
+        ...
+
+    def produce(
+        self,
+        ctx: RunContext,
+        model: nn.Module,
+        images: np.ndarray,
+        labels: np.ndarray,
+        plan: PrivacyPlan,
+        session: PrivacySession,
+    ) -> Stage1Output:
+        """After training: the latents stage 2 gets, released (and recorded) if so planned."""
+        ...
+
+
+class DPSGDAutoencoder:
+    """The conv autoencoder; its latents are private, or released once with Gaussian noise."""
+
+    name, title = "dpsgd-autoencoder", "autoencoder"
+    loss_fn = staticmethod(reconstruction_loss)
+
+    def factory(self, cfg: RunConfig, plan: PrivacyPlan) -> ModelFactory:
+        return functools.partial(new_autoencoder, cfg.stage1, cfg.seed)
+
+    def blank(self, cfg: RunConfig) -> nn.Module:
+        return ConvAutoencoder(cfg.stage1.latent_dim, cfg.stage1.width)
+
+    def produce(self, ctx, model, images, labels, plan, session) -> Stage1Output:
+        latents = encode(model, images, ctx.cfg.device)
+        if ctx.cfg.mode != "released":
+            return Stage1Output(model, latents, labels, None, {"kind": "sensitive_intermediate"})
+        released = release_latents(
+            latents,
+            labels,
+            num_classes=ctx.spec.num_classes,
+            cfg=ctx.cfg.release,
+            event=plan.release_event(),
+            session=session,
+            key=MechanismKey.fresh("release"),
+        )
+        info = {"kind": "dp_release", **released.metadata()}
+        return Stage1Output(model, released.latents, released.labels, released.label_vectors, info)
+
+
+class LipschitzVAEMechanism:
+    """DP-SGD VAE with an exact Lipschitz bound, then one Gaussian release per record."""
+
+    name, title = "lipschitz-vae", "Lipschitz VAE"
+    loss_fn = staticmethod(lipschitz.vae_loss)
+
+    def factory(self, cfg: RunConfig, plan: PrivacyPlan) -> ModelFactory:
+        noise_std = lipschitz.training_noise_std(cfg, plan.release_event())
+        return functools.partial(
+            lipschitz.make_vae, cfg.stage1.latent_dim, cfg.stage1.vae_hidden, noise_std
+        )
+
+    def blank(self, cfg: RunConfig) -> nn.Module:
+        return lipschitz.new_lipschitz_vae(cfg)
+
+    def produce(self, ctx, model, images, labels, plan, session) -> Stage1Output:
+        model.project_weights()
+        released = lipschitz.release(
+            model,
+            images,
+            labels,
+            num_classes=ctx.spec.num_classes,
+            label_scale=ctx.cfg.release.label_scale,
+            event=plan.release_event(),
+            session=session,
+            seed=ctx.cfg.seed,
+            key=MechanismKey.fresh("lipschitz-release"),
+        )
+        ctx.log(
+            f"Lipschitz release: L = {released.lipschitz_bound:.6f} (numerical check on data: "
+            f"passed), sensitivity {released.sensitivity:.3f}, noise std {released.noise_std:.3f}"
+        )
+        return Stage1Output(
+            model, released.latents, released.labels, released.label_vectors, released.info()
+        )
+
+
+STAGE1_MECHANISMS: dict[str, Stage1Mechanism] = {
+    m.name: m for m in (DPSGDAutoencoder(), LipschitzVAEMechanism())
+}
+
+
+def train_locally(ctx, factory, tensors, loss_fn, plan, session, key):
+    """The `Trainer` that runs DP-SGD in this process."""
+    cfg = ctx.cfg
+    torch.manual_seed(cfg.seed)  # public initial weights
+    model = factory()
+    train_dpsgd(
+        model,
+        tensors,
+        loss_fn,
+        plan,
+        session,
+        lr=cfg.stage1.lr,
+        key=key,
+        device=cfg.device,
+        on_step=ctx.progress("encoder", plan.steps, plan.expected_batch_size),
+        progress=cfg.progress,
+        grad_sample_mode=cfg.stage1.grad_sample_mode,
+    )
+    return model, {"backend": "local", "num_workers": 1}
+
+
+def run_stage1(
+    ctx: RunContext,
+    plan: PrivacyPlan,
+    session: PrivacySession,
+    records: PrivateTrainingSet,
+    train: Trainer = train_locally,
+) -> Stage1Output:
+    """Read the private records under the charge, train the mechanism's model with DP-SGD,
+    produce and write the latents (release or custodian part, as their kind says)."""
+    cfg = ctx.cfg
+    mechanism = STAGE1_MECHANISMS[cfg.stage1.mechanism]
+    images, labels = records.open(session.grant)
+    enc = plan.encoder
+    ctx.log(
+        f"stage 1: {mechanism.title} (DP-SGD), {enc.steps} steps, "
+        f"sigma {enc.noise_multiplier:.3f}, q {enc.sampling_rate:.4f}"
+    )
+    with ctx.timed("encoder", steps=enc.steps, mechanism=mechanism.name) as details:
+        model, execution = train(
+            ctx,
+            mechanism.factory(cfg, plan),
+            [images_to_tensor(images)],
+            mechanism.loss_fn,
+            enc,
+            session,
+            MechanismKey.fresh("stage1-dpsgd"),
+        )
+        details |= execution
+    with ctx.timed("latents", mode=cfg.mode) as details:
+        out = mechanism.produce(ctx, model, images, labels, plan, session)
+        del images
+        save_model(out.model, ctx.layout.autoencoder)
+        _write_latents(ctx, plan, session, out)
+        details["dim"] = int(out.latents.shape[1])
+    return out
+
+
+def _write_latents(
+    ctx: RunContext, plan: PrivacyPlan, session: PrivacySession, out: Stage1Output
+) -> None:
+    if out.released:
+        bound = compute_epsilon(session.recorded, plan.delta, plan.adjacency)
+        guarantee = bound.as_dict() | {"events": [event_to_dict(e) for e in session.recorded]}
+        meta = out.info | {"sensitive": False, "guarantee": guarantee}
+    else:
+        meta = out.info | {
+            "sensitive": True,
+            "warning": "private latents: custodian-only, never publish",
+        }
+    write_latents(
+        ctx.layout.latents(ctx.cfg.mode),
+        out.latents,
+        out.labels,
+        meta,
+        # row order: a secret shuffle (a public one would tie rows back to file positions)
+        seed=MechanismKey.fresh("latents-order").numpy(),
+        label_vectors=out.label_vectors,
+        private=not out.released,
+    )

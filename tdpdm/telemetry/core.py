@@ -58,18 +58,14 @@ SPECS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec(
         "tdpdm_training_loss",
-        "Most recent training loss, per stage.",
+        "Most recent training loss, per stage; set only when the custodian opted in "
+        "(custodian_losses).",
         ("stage",),
     ),
     MetricSpec(
         "tdpdm_training_samples_per_second",
         "Most recent training throughput in samples per second, per stage.",
         ("stage",),
-    ),
-    MetricSpec(
-        "tdpdm_tune_trials",
-        "Number of Ray Tune trials in each state (running, completed, pruned, ...).",
-        ("state",),
     ),
     MetricSpec(
         "tdpdm_job_status",
@@ -100,40 +96,8 @@ class Telemetry:
         custodian opted in (`custodian_losses`): a batch loss is an unnoised statistic of
         private records."""
 
-    def trial(self, state: str, count: int) -> None:
-        """Report how many Tune trials are in `state`."""
-
     def job(self, run_id: str, status: str) -> None:
         """Report the run's status (pending, running, succeeded, failed)."""
-
-
-class FanoutTelemetry(Telemetry):
-    """Send every report to several back ends, e.g. Prometheus on the driver plus Ray metrics."""
-
-    def __init__(self, *sinks: Telemetry) -> None:
-        self.sinks = sinks
-
-    def privacy(
-        self, dataset: str, spent_epsilon: float, budget_epsilon: float, delta: float
-    ) -> None:
-        for sink in self.sinks:
-            sink.privacy(dataset, spent_epsilon, budget_epsilon, delta)
-
-    def stage(self, run_id: str, stage: str, progress: float) -> None:
-        for sink in self.sinks:
-            sink.stage(run_id, stage, progress)
-
-    def step(self, stage: str, steps: int, loss: float | None, samples_per_s: float) -> None:
-        for sink in self.sinks:
-            sink.step(stage, steps, loss, samples_per_s)
-
-    def trial(self, state: str, count: int) -> None:
-        for sink in self.sinks:
-            sink.trial(state, count)
-
-    def job(self, run_id: str, status: str) -> None:
-        for sink in self.sinks:
-            sink.job(run_id, status)
 
 
 def check_progress(progress: float) -> float:

@@ -1,4 +1,4 @@
-"""prometheus_client back end, for processes outside Ray (the `tdpdm run` driver)."""
+"""prometheus_client back end: the one exporter, served by the `tdpdm run` driver."""
 
 from __future__ import annotations
 
@@ -72,9 +72,6 @@ class PrometheusTelemetry(Telemetry):
             run_id = self._last_run_id
         if run_id is not None and steps > 0:
             self._touch(run_id)
-
-    def trial(self, state: str, count: int) -> None:
-        self._metrics["tdpdm_tune_trials"].labels(state=state).set(count)
 
     def job(self, run_id: str, status: str) -> None:
         gauge = self._metrics["tdpdm_job_status"]

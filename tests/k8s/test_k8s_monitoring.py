@@ -1,10 +1,11 @@
-"""Alert rules and dashboard: real promtool checks; every queried metric is one tdpdm exports."""
+"""Alert rules and dashboard: real promtool checks; every queried metric is one tdpdm emits."""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,17 @@ import pytest
 import yaml
 from k8s_support import CHART, VALUE_SETS, Doc, load_docs, promtool_path, render
 
-from tdpdm.telemetry import METRICS, SPECS
+from tdpdm.telemetry import METRICS, SPECS, PrometheusTelemetry, Telemetry
 
 DASHBOARD = CHART / "files" / "dashboards" / "tdpdm-overview.json"
-NAME_MATCHER = re.compile(r'__name__\s*=~\s*"([^"]*)"')
-TDPDM_TOKEN = re.compile(r"\b(?:ray_)?(tdpdm_[A-Za-z0-9_]+)")
 # Grafana's variables, replaced by values Prometheus accepts, so promtool can parse the queries.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$dataset": ".*", "$run_id": ".*"}
+# PromQL words that are not metric names (operators, modifiers, literals).
+PROMQL_WORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "bool", "offset", "atan2", "inf", "nan", "start", "end",
+}  # fmt: skip
+IDENTIFIER = re.compile(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*")
 
 
 def prometheus_rule(value_set: str = "gpu") -> Doc:
@@ -43,14 +48,46 @@ def dashboard_exprs() -> list[str]:
 
 
 def metrics_in(expr: str) -> set[str]:
-    """Metric names an expression reads, by bare name or by a `__name__=~` matcher."""
+    """Every metric name an expression reads. Selecting by `__name__` is refused: a regex over
+    names cannot be checked against what is emitted (it once hid the ray_tdpdm_* series that
+    nothing emitted). Grafana's `label_values(selector, label)` counts as its selector."""
+    assert "__name__" not in expr, f"select metrics by name, not by __name__: {expr}"
+    if expr.startswith("label_values("):
+        expr = expr[len("label_values(") :].rsplit(",", 1)[0]
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range and subquery windows
+    # Grouping clauses name labels; dropped with their keyword, `max by (x) (m)` reads `max (m)`.
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
     names = set()
-    for matcher in NAME_MATCHER.findall(expr):
-        m = re.fullmatch(r"\(ray_\)\?(tdpdm_[A-Za-z0-9_]+)", matcher)
-        assert m, f"unexpected __name__ matcher {matcher!r}: use (ray_)?tdpdm_<name>"
-        names.add(m.group(1))
-    names |= set(TDPDM_TOKEN.findall(NAME_MATCHER.sub("", expr)))
+    for m in IDENTIFIER.finditer(text):
+        if m.group(0) in PROMQL_WORDS or text[m.end() :].lstrip().startswith("("):
+            continue  # an operator or a function call
+        names.add(m.group(0))
     return names
+
+
+@cache
+def emitted_series() -> frozenset[str]:
+    """Series names the driver's exporter (`PrometheusTelemetry`, the product's only metrics
+    back end) serves once every kind of report has been made, read from its registry. The loss
+    is given, as the pipeline does when the custodian opts in (custodian_losses).
+    tests/telemetry checks that the pipeline makes every kind of report."""
+    t = PrometheusTelemetry()
+    one_of_each = {
+        "privacy": lambda: t.privacy("d", 1.0, 10.0, 1e-5),
+        "stage": lambda: t.stage("r", "s", 0.5),
+        "step": lambda: t.step("s", 1, 0.5, 10.0),
+        "job": lambda: t.job("r", "running"),
+    }
+    reports = {n for n, v in vars(Telemetry).items() if callable(v) and not n.startswith("_")}
+    assert set(one_of_each) == reports, "a new kind of report: add it here"
+    for report in one_of_each.values():
+        report()
+    families = list(t.registry.collect())
+    # Nothing is registered that no report sets: a registered name is an emitted one.
+    assert [f.name for f in families if not f.samples] == []
+    return frozenset(s.name for f in families for s in f.samples)
 
 
 def write_rules(path: Path, rule: Doc) -> Path:
@@ -65,35 +102,65 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 # ---- metric names ----
 
 
-def test_alerts_query_only_exported_metrics() -> None:
+def test_the_catalogue_is_what_the_exporter_emits() -> None:
+    emitted = emitted_series()
+    # prometheus_client adds <counter>_created; otherwise the names are exactly the catalogue's.
+    created = {s.name.removesuffix("_total") + "_created" for s in SPECS if s.kind == "counter"}
+    assert emitted == set(METRICS) | created
+
+
+def test_alerts_query_only_emitted_metrics() -> None:
     exprs = alert_exprs()
     assert len(exprs) == 4
     for expr in exprs:
         used = metrics_in(expr)
         assert used, expr
-        assert used <= set(METRICS), used - set(METRICS)
+        assert used <= emitted_series(), (expr, used - emitted_series())
 
 
-def test_dashboard_queries_only_exported_metrics() -> None:
+def test_dashboard_queries_only_emitted_metrics() -> None:
     exprs = dashboard_exprs()
     assert len(exprs) >= 12
     used: set[str] = set()
     for expr in exprs:
         names = metrics_in(expr)
-        assert names, f"query reads no tdpdm metric: {expr}"
-        assert names <= set(METRICS), names - set(METRICS)
+        assert names, f"query reads no metric: {expr}"
+        assert names <= emitted_series(), (expr, names - emitted_series())
         used |= names
-    # And the dashboard shows everything the code exports.
+    # And the dashboard shows every metric tdpdm exports.
     assert used == set(METRICS)
 
 
+def test_the_training_loss_panel_says_it_needs_the_opt_in() -> None:
+    """tdpdm_training_loss is set only when the custodian opts in (custodian_losses; see
+    tests/telemetry): the panel reading it must say so, and no other panel may read it."""
+    readers = [
+        p for p in dashboard()["panels"] if "tdpdm_training_loss" in json.dumps(p.get("targets"))
+    ]
+    assert [p["title"] for p in readers] == [
+        "Training loss (only if the custodian opted in: custodian_losses)"
+    ]
+    assert all("tdpdm_training_loss" not in metrics_in(e) for e in alert_exprs())
+
+
 def test_metric_name_check_can_fail() -> None:
-    assert metrics_in('max({__name__=~"(ray_)?tdpdm_privacy_epsilon_spend"})') == {
+    assert metrics_in('max(tdpdm_privacy_epsilon_spend{dataset=~"$dataset"})') == {
         "tdpdm_privacy_epsilon_spend"
     }
-    assert "tdpdm_privacy_epsilon_spend" not in METRICS
-    with pytest.raises(AssertionError, match="unexpected __name__ matcher"):
-        metrics_in('{__name__=~"tdpdm_.*"}')
+    assert "tdpdm_privacy_epsilon_spend" not in emitted_series()
+    # Ray's metrics agent would have prefixed ray_: nothing emits those.
+    assert metrics_in("sum by (stage) (rate(ray_tdpdm_training_steps_total[5m]))") == {
+        "ray_tdpdm_training_steps_total"
+    }
+    assert not {"ray_tdpdm_training_steps_total"} <= emitted_series()
+    # Any metric name counts, not only tdpdm_ ones; functions, keywords and labels do not.
+    assert metrics_in(
+        'time() - max by (run_id) (last_over_time(up{job="x"}[5m])) > 60 '
+        "and on (run_id) foo_bar offset 5m == bool 1"
+    ) == {"up", "foo_bar"}
+    assert metrics_in("label_values(tdpdm_job_status, run_id)") == {"tdpdm_job_status"}
+    with pytest.raises(AssertionError, match="__name__"):
+        metrics_in('{__name__=~"(ray_)?tdpdm_privacy_epsilon_spent"}')
 
 
 def test_counters_are_queried_with_rate() -> None:
@@ -130,7 +197,7 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
 
 
 def test_promtool_unit_tests_fire_the_alerts(tmp_path: Path) -> None:
-    """Feed series (both tdpdm_ and ray_tdpdm_ spellings) and check which alerts fire when."""
+    """Feed the driver's series and check which alerts fire when."""
     write_rules(tmp_path / "rules.yml", prometheus_rule("gpu"))
     tests = {
         "rule_files": ["rules.yml"],
@@ -149,20 +216,20 @@ def test_promtool_unit_tests_fire_the_alerts(tmp_path: Path) -> None:
                         "series": 'tdpdm_privacy_budget_remaining_epsilon{dataset="mnist"}',
                         "values": "5 2 1.5 0.5x20",
                     },
-                    # Ray worker series (ray_ prefix, extra labels): fashion-mnist is exhausted.
+                    # Another driver, scraped from another pod: fashion-mnist is exhausted.
                     {
-                        "series": "ray_tdpdm_privacy_epsilon_spent"
-                        '{dataset="fashion-mnist",WorkerId="w1"}',
+                        "series": "tdpdm_privacy_epsilon_spent"
+                        '{dataset="fashion-mnist",pod="tdpdm-head-b"}',
                         "values": "10x23",
                     },
                     {
-                        "series": "ray_tdpdm_privacy_budget_epsilon"
-                        '{dataset="fashion-mnist",WorkerId="w1"}',
+                        "series": "tdpdm_privacy_budget_epsilon"
+                        '{dataset="fashion-mnist",pod="tdpdm-head-b"}',
                         "values": "10x23",
                     },
                     {
-                        "series": "ray_tdpdm_privacy_budget_remaining_epsilon"
-                        '{dataset="fashion-mnist",WorkerId="w1"}',
+                        "series": "tdpdm_privacy_budget_remaining_epsilon"
+                        '{dataset="fashion-mnist",pod="tdpdm-head-b"}',
                         "values": "0x23",
                     },
                     # r1 progresses for 2 minutes, then hangs while still "running".
@@ -173,11 +240,13 @@ def test_promtool_unit_tests_fire_the_alerts(tmp_path: Path) -> None:
                     {"series": 'tdpdm_job_status{run_id="r1",status="running"}', "values": "1x23"},
                     # r2's driver dies at minute 2: its series vanish while it was running.
                     {
-                        "series": 'ray_tdpdm_last_progress_timestamp_seconds{run_id="r2"}',
+                        "series": "tdpdm_last_progress_timestamp_seconds"
+                        '{run_id="r2",pod="tdpdm-head-b"}',
                         "values": "0 60 120",
                     },
                     {
-                        "series": 'ray_tdpdm_job_status{run_id="r2",status="running"}',
+                        "series": "tdpdm_job_status"
+                        '{run_id="r2",status="running",pod="tdpdm-head-b"}',
                         "values": "1 1 1",
                     },
                     # r3 keeps progressing, then succeeds: never stalled, never failed.

@@ -145,7 +145,7 @@ def index_runs_in_text(text: str, indices: np.ndarray, run: int = 8) -> list[str
 
 _LOSS_IN_TEXT = re.compile(r"loss\W{0,3}[-+]?\.?\d", re.I)  # "loss 0.41", "loss=.3", "loss: 2"
 _LOSS_IN_JSON = re.compile(r'"[a-z_]*loss(es)?"\s*:\s*[-+.\d{\[]', re.I)  # "final_loss": 0.4
-_LOSS_SAMPLE = re.compile(r"^(ray_)?tdpdm_training_loss[{ ]", re.M)  # an exported loss series
+_LOSS_SAMPLE = re.compile(r"^tdpdm_training_loss[{ ]", re.M)  # an exported loss series
 
 
 def loss_values(text: str) -> list[str]:

@@ -33,6 +33,7 @@ from leak_support import FAKE_CREDENTIALS, SUBSET_KEY, CapturedRun
 from PIL import Image
 
 from tdpdm.stages.synthetic_io import png_bytes
+from tdpdm.telemetry import METRICS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -99,9 +100,8 @@ def test_scanner_finds_planted_leaks(train: TrainingSet, training_subset) -> Non
     assert loss_values(json.dumps({"stages": [{"details": {"final_loss": 0.41}}]}))
     assert loss_values(json.dumps({"training_losses": {"encoder": 0.41}}))
     assert loss_values('tdpdm_training_loss{stage="encoder"} 0.41\n')
-    assert loss_values('ray_tdpdm_training_loss{stage="encoder"} 0.41\n')
-    clean = (
-        "# HELP tdpdm_training_loss Latest training loss (opt-in)\n"
+    clean = (  # the exporter's own HELP line for the loss is not a value
+        f"# HELP tdpdm_training_loss {METRICS['tdpdm_training_loss']}\n"
         "# TYPE tdpdm_training_loss gauge\n" + json.dumps({"custodian_losses": False})
     )
     assert loss_values(clean) == []

@@ -1,7 +1,9 @@
-"""A real Prometheus scrapes the tdpdm exporter on loopback and answers queries about it."""
+"""A real Prometheus scrapes the tdpdm exporter on loopback and answers queries about it: the
+ledger's figures, every query of the shipped dashboard, and the chart's alert rules."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -15,6 +17,9 @@ from prometheus_support import PrometheusServer
 from tdpdm.telemetry import PrometheusTelemetry
 
 REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "helm" / "tdpdm" / "files" / "dashboards" / "tdpdm-overview.json"
+# Grafana's variables, replaced by what Grafana would send when "All" is selected.
+GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "15s", "$dataset": ".*", "$run_id": ".*"}
 
 
 @pytest.fixture
@@ -59,11 +64,51 @@ def test_prometheus_scrapes_epsilon_spent(
     assert scalar(server.query("tdpdm_privacy_budget_remaining_epsilon")) == 7.5
     assert scalar(server.query('tdpdm_job_status{status="running"}')) == 1
     assert scalar(server.query("tdpdm_training_steps_total")) == 50
-    # The dashboard's spelling (matching tdpdm_ and ray_tdpdm_) finds the same series.
-    assert (
-        scalar(server.query('max by (dataset) ({__name__=~"(ray_)?tdpdm_privacy_epsilon_spent"})'))
-        == 2.5
+
+
+def dashboard_queries() -> dict[str, str]:
+    """Every PromQL query of the shipped dashboard, by panel (or variable), variables filled in.
+    A `label_values(selector, label)` variable is checked by its selector."""
+    board = json.loads(DASHBOARD.read_text())
+    queries = {
+        f"{panel['title']} [{target['refId']}]": target["expr"]
+        for panel in board["panels"]
+        for target in panel.get("targets", [])
+    }
+    for var in board["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"]
+            assert query.startswith("label_values("), query
+            queries[f"${var['name']}"] = query[len("label_values(") :].rsplit(",", 1)[0]
+    for name, expr in queries.items():
+        for var, value in GRAFANA_VARS.items():
+            expr = expr.replace(var, value)
+        queries[name] = expr
+    return queries
+
+
+def test_every_dashboard_query_shows_the_exporters_data(
+    exporter: tuple[PrometheusTelemetry, str],
+    start_prometheus: Callable[..., PrometheusServer],
+) -> None:
+    """Once the driver has made each kind of report the pipeline makes (the loss with the
+    custodian's opt-in), every panel and variable of the dashboard has data. A query of a series
+    nothing emits (a misspelt name, the removed ray_tdpdm_* ones) comes back empty and fails."""
+    t, target = exporter
+    t.privacy("mnist", 2.0, 10.0, 1e-5)
+    t.job("run-d", "running")
+    t.stage("run-d", "encoder", 0.5)
+    t.step("encoder", 10, 0.75, 100.0)
+    server = start_prometheus([target])
+    # rate() needs two scrapes of the counter inside its window.
+    server.wait_for(
+        "count_over_time(tdpdm_training_steps_total[1m]) >= 2", lambda r: len(r) == 1, timeout=30
     )
+    queries = dashboard_queries()
+    assert len(queries) >= 12
+    empty = {name: expr for name, expr in queries.items() if not server.query(expr)}
+    assert empty == {}
+    assert server.query('max by (dataset) (ray_tdpdm_privacy_epsilon_spent{dataset=~".*"})') == []
 
 
 def render_alert_rules(tmp_path: Path) -> Path:

@@ -1,12 +1,14 @@
-"""The telemetry facade: no-op default, Prometheus exporter over HTTP, Ray back end's mapping."""
+"""The telemetry facade: no-op default, the Prometheus exporter over HTTP, and the pipeline's
+calls into it (every kind of report is made; the loss only with the custodian's opt-in)."""
 
 from __future__ import annotations
 
+import ast
 import sys
-import types
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,14 +18,13 @@ from tdpdm.telemetry import (
     JOB_STATUSES,
     METRICS,
     SPECS,
-    FanoutTelemetry,
     PrometheusTelemetry,
-    RayTelemetry,
     Telemetry,
     get_telemetry,
     set_telemetry,
 )
-from tdpdm.telemetry import ray_metrics as ray_backend
+
+PACKAGE = Path(__file__).resolve().parents[2] / "tdpdm"
 
 EXPECTED_LABELS = {
     "tdpdm_privacy_epsilon_spent": ("dataset",),
@@ -35,7 +36,6 @@ EXPECTED_LABELS = {
     "tdpdm_training_steps_total": ("stage",),
     "tdpdm_training_loss": ("stage",),
     "tdpdm_training_samples_per_second": ("stage",),
-    "tdpdm_tune_trials": ("state",),
     "tdpdm_job_status": ("run_id", "status"),
 }
 
@@ -67,7 +67,6 @@ def test_catalogue_is_the_agreed_interface() -> None:
     assert set(telemetry.__all__) >= {
         "Telemetry",
         "PrometheusTelemetry",
-        "RayTelemetry",
         "get_telemetry",
         "set_telemetry",
         "METRICS",
@@ -81,7 +80,6 @@ def test_default_is_a_silent_no_op() -> None:
     t.stage("r", "stage1", 0.5)
     t.step("stage1", 10, 0.1, 100.0)
     t.step("stage1", 10, None, 100.0)
-    t.trial("running", 3)
     t.job("r", "running")
 
 
@@ -147,12 +145,8 @@ def test_loss_is_exported_only_when_given() -> None:
     assert value(t, "tdpdm_training_steps_total", stage="encoder") == 20
 
 
-def test_trials_and_exclusive_job_status() -> None:
+def test_exclusive_job_status() -> None:
     t = PrometheusTelemetry()
-    t.trial("running", 4)
-    t.trial("pruned", 2)
-    assert value(t, "tdpdm_tune_trials", state="running") == 4
-    assert value(t, "tdpdm_tune_trials", state="pruned") == 2
     t.job("r1", "running")
     t.job("r1", "failed")
     states = {s: value(t, "tdpdm_job_status", run_id="r1", status=s) for s in JOB_STATUSES}
@@ -170,7 +164,6 @@ def test_exporter_serves_the_values_over_http() -> None:
         t.privacy("mnist", 3.75, 10.0, 1e-5)
         t.stage("run-7", "stage2", 0.5)
         t.step("stage2", 42, 0.125, 2048.0)
-        t.trial("completed", 6)
         t.job("run-7", "running")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             body = resp.read().decode()
@@ -184,7 +177,6 @@ def test_exporter_serves_the_values_over_http() -> None:
         progress = ("tdpdm_stage_progress_ratio", (("run_id", "run-7"), ("stage", "stage2")))
         assert got[progress] == 0.5
         assert got[("tdpdm_training_steps_total", (("stage", "stage2"),))] == 42
-        assert got[("tdpdm_tune_trials", (("state", "completed"),))] == 6
         assert got[("tdpdm_job_status", (("run_id", "run-7"), ("status", "running")))] == 1
         # Every catalogued metric is announced, under exactly its catalogue name.
         families = {f.name for f in text_string_to_metric_families(body)}
@@ -206,121 +198,8 @@ def test_two_exporters_do_not_collide() -> None:
     assert value(b, "tdpdm_privacy_epsilon_spent", dataset="mnist") == 2.0
 
 
-def test_fanout_reaches_every_sink() -> None:
-    a, b = PrometheusTelemetry(), PrometheusTelemetry()
-    fan = FanoutTelemetry(a, b)
-    fan.privacy("mnist", 1.0, 10.0, 1e-5)
-    fan.stage("r", "s", 0.5)
-    fan.step("s", 2, 0.1, 10.0)
-    fan.step("s", 1, None, 10.0)
-    fan.trial("running", 1)
-    fan.job("r", "succeeded")
-    for t in (a, b):
-        assert value(t, "tdpdm_training_steps_total", stage="s") == 3
-        assert value(t, "tdpdm_training_loss", stage="s") == 0.1
-        assert value(t, "tdpdm_job_status", run_id="r", status="succeeded") == 1
-
-
-# ---- Ray back end, against a stand-in for ray.util.metrics ----
-
-
-class FakeMetric:
-    def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] = ()) -> None:
-        self.name, self.description, self.tag_keys = name, description, tuple(tag_keys)
-        self.values: dict[tuple[tuple[str, str], ...], float] = {}
-        registry.append(self)
-
-    def _key(self, tags: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
-        tags = tags or {}
-        assert set(tags) == set(self.tag_keys), (self.name, tags)
-        assert all(isinstance(v, str) for v in tags.values())
-        return tuple(sorted(tags.items()))
-
-
-class FakeGauge(FakeMetric):
-    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
-        self.values[self._key(tags)] = value
-
-
-class FakeCounter(FakeMetric):
-    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
-        if value <= 0:  # as Ray does
-            raise ValueError("value must be > 0")
-        key = self._key(tags)
-        self.values[key] = self.values.get(key, 0.0) + value
-
-
-registry: list[FakeMetric] = []
-
-
-@pytest.fixture
-def fake_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    registry.clear()
-    ray = types.ModuleType("ray")
-    util = types.ModuleType("ray.util")
-    metrics: Any = types.ModuleType("ray.util.metrics")
-    metrics.Gauge, metrics.Counter = FakeGauge, FakeCounter
-    util.metrics = metrics  # type: ignore[attr-defined]
-    ray.util = util  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ray", ray)
-    monkeypatch.setitem(sys.modules, "ray.util", util)
-    monkeypatch.setitem(sys.modules, "ray.util.metrics", metrics)
-    ray_backend._cache.clear()
-    yield
-    ray_backend._cache.clear()
-
-
-def test_ray_backend_names_and_values(fake_ray: None) -> None:
-    t = RayTelemetry()
-    by_name = {m.name: m for m in registry}
-    # Ray exports Counter "x" as ray_x_total: registering without _total gives the same name.
-    assert set(by_name) == {ray_backend.ray_metric_name(s.name, s.kind) for s in SPECS}
-    assert "tdpdm_training_steps" in by_name and isinstance(
-        by_name["tdpdm_training_steps"], FakeCounter
-    )
-    for spec in SPECS:
-        m = by_name[ray_backend.ray_metric_name(spec.name, spec.kind)]
-        assert m.tag_keys == spec.labels and m.description == spec.help
-    t.privacy("mnist", 4.0, 10.0, 1e-5)
-    t.stage("r1", "stage1", 0.75)
-    t.step("stage1", 8, 0.2, 99.0)
-    t.step("stage1", 0, 0.2, 0.0)  # Ray refuses inc(0): must not be called
-    t.trial("running", 2)
-    t.job("r1", "running")
-    assert by_name["tdpdm_privacy_epsilon_spent"].values == {(("dataset", "mnist"),): 4.0}
-    assert by_name["tdpdm_privacy_budget_remaining_epsilon"].values == {
-        (("dataset", "mnist"),): 6.0
-    }
-    assert by_name["tdpdm_stage_progress_ratio"].values == {
-        (("run_id", "r1"), ("stage", "stage1")): 0.75
-    }
-    assert by_name["tdpdm_training_steps"].values == {(("stage", "stage1"),): 8.0}
-    assert by_name["tdpdm_tune_trials"].values == {(("state", "running"),): 2}
-    status = by_name["tdpdm_job_status"].values
-    assert status[(("run_id", "r1"), ("status", "running"))] == 1
-    assert status[(("run_id", "r1"), ("status", "failed"))] == 0
-    assert (("run_id", "r1"),) in by_name["tdpdm_last_progress_timestamp_seconds"].values
-
-
-def test_ray_backend_exports_no_loss_unless_given(fake_ray: None) -> None:
-    t = RayTelemetry()
-    by_name = {m.name: m for m in registry}
-    t.step("encoder", 4, None, 50.0)
-    assert by_name["tdpdm_training_loss"].values == {}
-    assert by_name["tdpdm_training_steps"].values == {(("stage", "encoder"),): 4.0}
-    assert by_name["tdpdm_training_samples_per_second"].values == {(("stage", "encoder"),): 50.0}
-    t.step("encoder", 1, 0.5, 50.0)  # opted in
-    assert by_name["tdpdm_training_loss"].values == {(("stage", "encoder"),): 0.5}
-
-
-def test_ray_metrics_are_built_once_per_process(fake_ray: None) -> None:
-    RayTelemetry()
-    RayTelemetry()
-    assert len(registry) == len(SPECS)
-
-
 def test_telemetry_imports_without_ray() -> None:
-    """`import tdpdm.telemetry` must not import ray (ray is an optional extra)."""
+    """`import tdpdm.telemetry` must not import ray (ray is an optional extra), nor need it."""
     import subprocess
 
     code = (
@@ -333,12 +212,86 @@ def test_telemetry_imports_without_ray() -> None:
         "builtins.__import__ = guard\n"
         "import tdpdm.telemetry as t\n"
         "t.PrometheusTelemetry().privacy('mnist', 1, 2, 1e-5)\n"
-        "try:\n"
-        "    t.RayTelemetry()\n"
-        "except ImportError as e:\n"
-        "    assert 'tdpdm[ray]' in str(e), e\n"
-        "else:\n"
-        "    raise SystemExit('RayTelemetry built without ray')\n"
+        "assert not any(m == 'ray' or m.startswith('ray.') for m in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# ---- what the pipeline really reports ----
+
+
+def reports() -> set[str]:
+    """The kinds of report: `Telemetry`'s public methods."""
+    return {name for name, v in vars(Telemetry).items() if callable(v) and not name.startswith("_")}
+
+
+def telemetry_calls(root: Path) -> dict[str, list[str]]:
+    """Calls `<...>telemetry.<report>(...)` in product code outside tdpdm/telemetry, by report:
+    `ctx.telemetry.step(...)`, `telemetry.privacy(...)`, `get_telemetry().job(...)`."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        if "telemetry" in path.relative_to(root).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            receiver = ast.unparse(node.func.value)
+            if receiver.endswith(("telemetry", "get_telemetry()")):
+                where = f"{path.relative_to(root)}:{node.lineno}"
+                found.setdefault(node.func.attr, []).append(where)
+    return found
+
+
+def test_the_pipeline_makes_every_kind_of_report() -> None:
+    """A metric written only by a report nothing makes would be registered, shown on the
+    dashboard and never emitted (as tdpdm_tune_trials and the Ray back end were): every kind of
+    report has a caller in the product, and nothing calls a report that does not exist."""
+    assert reports() == {"privacy", "stage", "step", "job"}
+    calls = telemetry_calls(PACKAGE)
+    # Besides the reports, only the CLI's control of the exporter (serve/close) is called.
+    assert set(calls) - {"serve", "close"} == reports(), calls
+
+
+def test_report_caller_scan_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "mod.py").write_text(
+        "def f(ctx, telemetry):\n"
+        "    ctx.telemetry.step('s', 1, None, 1.0)\n"
+        "    telemetry.privacy('d', 1, 2, 1e-5)\n"
+        "    ctx.tracker.stage('r', 's', 1.0)\n"  # not a telemetry: not counted
+    )
+    calls = telemetry_calls(tmp_path)
+    assert set(calls) == {"step", "privacy"}
+    assert set(calls) != reports()
+
+
+def progress_exports(custodian_losses: bool) -> PrometheusTelemetry:
+    """The pipeline's per-step callback (`pipeline._progress`), driven for 25 steps."""
+    from tdpdm.pipeline import _progress
+
+    t = PrometheusTelemetry()
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(custodian_losses=custodian_losses),
+        losses={},
+        telemetry=t,
+        job_id="run-p",
+    )
+    on_step = _progress(ctx, "encoder", 25, 8)  # type: ignore[arg-type]
+    for step in range(1, 26):
+        on_step(step, 0.5 + 1 / step)
+    return t
+
+
+def test_pipeline_exports_the_loss_only_when_the_custodian_opts_in() -> None:
+    """tdpdm_training_loss (the dashboard's opt-in loss panel) is set by the pipeline when
+    custodian_losses is on, and never otherwise; steps, throughput and progress always are."""
+    for opted_in in (False, True):
+        t = progress_exports(opted_in)
+        assert value(t, "tdpdm_training_steps_total", stage="encoder") == 25
+        assert value(t, "tdpdm_training_samples_per_second", stage="encoder") > 0
+        assert value(t, "tdpdm_stage_progress_ratio", run_id="run-p", stage="encoder") == 1.0
+        losses = {k: v for k, v in samples(t).items() if k[0] == "tdpdm_training_loss"}
+        if opted_in:
+            assert losses == {("tdpdm_training_loss", (("stage", "encoder"),)): 0.5 + 1 / 25}
+        else:
+            assert losses == {}

@@ -266,8 +266,8 @@ def test_report_caller_scan_can_fail(tmp_path: Path) -> None:
 
 
 def progress_exports(custodian_losses: bool) -> PrometheusTelemetry:
-    """The pipeline's per-step callback (`pipeline._progress`), driven for 25 steps."""
-    from tdpdm.pipeline import _progress
+    """The pipeline's per-step callback (`RunContext.progress`), driven for 25 steps."""
+    from tdpdm.stages.context import RunContext
 
     t = PrometheusTelemetry()
     ctx = SimpleNamespace(
@@ -276,7 +276,7 @@ def progress_exports(custodian_losses: bool) -> PrometheusTelemetry:
         telemetry=t,
         job_id="run-p",
     )
-    on_step = _progress(ctx, "encoder", 25, 8)  # type: ignore[arg-type]
+    on_step = RunContext.progress(ctx, "encoder", 25, 8)  # type: ignore[arg-type]
     for step in range(1, 26):
         on_step(step, 0.5 + 1 / step)
     return t

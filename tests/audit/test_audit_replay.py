@@ -72,8 +72,9 @@ def _tiny_cfg(tmp_path: Path, mechanism: str):
 
 def _publish_release(cfg, images: np.ndarray, labels: np.ndarray) -> None:
     """What stage 1 (`stages/stage1_mechanisms.py`) publishes in released mode, without
-    training: the (untrained, public) stage-1 model, the per-record release of `images` with a key from
-    `MechanismKey.fresh`, and the latents file shuffled by a fresh "latents-order" key."""
+    training: the (untrained, public) stage-1 model, the per-record release of `images` with a
+    key from `MechanismKey.fresh`, and the latents file shuffled by a fresh "latents-order"
+    key."""
     layout = RunLayout(cfg.out)
     event = GaussianEvent(noise_multiplier=3.0, stage="release")
     if cfg.stage1.mechanism == "lipschitz-vae":

@@ -2,6 +2,7 @@
 # Idempotent set-up on a fresh machine: a virtualenv in .venv with the CPU build of torch pinned
 # *first* (an open range with no torch installed would pull a multi-GB CUDA build), then the
 # package with version ranges and the extras asked for (default: dev,s3).
+# With dev, also the reference FID code that one test reads (see the end).
 # Usage: scripts/setup.sh [extras]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +25,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing tdpdm[$extras] and its dependencies"
   "${pip[@]}" install -q -e ".[$extras]"
   echo "$want" > "$stamp"
+fi
+# Reference code for tests/evaluate/test_eval_fid_reference.py (pins repeated in
+# tests/evaluate/fid_reference.py): pytorch-fid and torchvision wheels unpacked without their
+# dependencies into a folder that is never on sys.path, since PyPI's torchvision does not import
+# beside the CPU torch. The test executes their inception source files, nothing else.
+if [[ ",$extras," == *,dev,* ]]; then
+  ref_dir=".venv/tdpdm-reference"
+  ref_pins=("pytorch-fid==0.3.0" "torchvision==0.29.1")
+  if [ ! -f "$ref_dir/.pins" ] || [ "$(cat "$ref_dir/.pins")" != "${ref_pins[*]}" ]; then
+    echo "setup: unpacking the reference FID code (${ref_pins[*]}, --no-deps) into $ref_dir"
+    rm -rf "$ref_dir"
+    "${pip[@]}" install -q --no-deps --no-compile --target "$ref_dir" "${ref_pins[@]}"
+    echo "${ref_pins[*]}" > "$ref_dir/.pins"
+  fi
 fi

@@ -183,7 +183,7 @@ def _run_row(args: argparse.Namespace, seed: int, device: str) -> dict[str, Any]
             "subset": None if args.subset == "all" else int(args.subset),
             "evaluation.enabled": True,  # the benchmark is the custodian scoring its own runs
         }
-        if "distributed" in RunConfig.__dataclass_fields__:
+        if "distributed" in RunConfig.model_fields:
             overrides["distributed.backend"] = "local"
         if args.full:
             overrides |= FULL

@@ -24,6 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tdpdm.choices import DATASETS, MODES  # noqa: E402
 from tdpdm.config import RunConfig, load_config  # noqa: E402
 from tdpdm.pipeline import epsilon_text, run_pipeline  # noqa: E402
 from tdpdm.report.plots import report_variant  # noqa: E402
@@ -117,10 +118,10 @@ def markdown_row(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    ap.add_argument("--dataset", default="mnist", choices=DATASETS)
     ap.add_argument("--epsilon", type=float, default=10.0)
     ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--mode", default="private", choices=["private", "released"])
+    ap.add_argument("--mode", default="private", choices=MODES)
     ap.add_argument("--subset", default="10000", help="training records, or 'all'")
     ap.add_argument("--synthetic", type=int, help="synthetic samples for the evaluation")
     ap.add_argument(
@@ -182,7 +183,7 @@ def _run_row(args: argparse.Namespace, seed: int, device: str) -> dict[str, Any]
             "subset": None if args.subset == "all" else int(args.subset),
             "evaluation.enabled": True,  # the benchmark is the custodian scoring its own runs
         }
-        if "distributed" in RunConfig.__dataclass_fields__:
+        if "distributed" in RunConfig.model_fields:
             overrides["distributed.backend"] = "local"
         if args.full:
             overrides |= FULL

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tdpdm import __version__
+from tdpdm.choices import ADJACENCIES, DATASETS, MODES, STAGE1_MECHANISMS
 
 EXIT_USER_ERROR = 2
 EXIT_REFUSED = 3
@@ -20,7 +21,7 @@ EXIT_AUDIT_REFUTED = 4
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (flags override it)")
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--data-dir", dest="data_dir", help="folder or URI with the IDX files")
     p.add_argument(
         "--download",
@@ -30,11 +31,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epsilon", type=float, help="target epsilon of this run")
     p.add_argument("--delta", type=float)
-    p.add_argument("--mode", choices=["private", "released"])
+    p.add_argument("--mode", choices=MODES)
     p.add_argument(
         "--stage1-mechanism",
         dest="stage1.mechanism",
-        choices=["dpsgd-autoencoder", "lipschitz-vae"],
+        choices=STAGE1_MECHANISMS,
         help="stage-1 privacy mechanism (lipschitz-vae needs --mode released)",
     )
     p.add_argument(
@@ -278,13 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--dataset", required=True)
     budget.add_argument("--epsilon", type=float)
     budget.add_argument("--delta", type=float)
-    budget.add_argument("--adjacency", default="add_remove", choices=["add_remove", "replace_one"])
+    budget.add_argument("--adjacency", default="add_remove", choices=ADJACENCIES)
     budget.add_argument("--json", action="store_true")
     budget.set_defaults(func=_cmd_budget)
 
     ev = sub.add_parser("evaluate", help="evaluate a synthetic Parquet data set")
     ev.add_argument("--synthetic", required=True, help="synthetic Parquet file or URI")
-    ev.add_argument("--dataset", choices=["mnist", "fashion-mnist"])
+    ev.add_argument("--dataset", choices=DATASETS)
     ev.add_argument("--data-dir", dest="data_dir", default="../shared/datasets")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--seed", type=int, default=0)

@@ -1,147 +1,229 @@
 """Pipeline configuration: typed, validated, loaded from YAML with command-line overrides.
 
-Unknown keys are errors (a typo must not silently fall back to a default that spends budget
-differently), and every check names the offending key in one line.
+The sections are pydantic models, frozen and `extra="forbid"`: an unknown key is an error (a
+typo must not silently fall back to a default that spends budget differently), a validated
+config cannot change under the run that checked it (derive a checked copy with `replace`), and
+every refusal is one ConfigError line naming the dotted key.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 import reprlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-MODES = ("private", "released")
-STAGE1_MECHANISMS = ("dpsgd-autoencoder", "lipschitz-vae")
-DATASETS = ("mnist", "fashion-mnist")
+from tdpdm.choices import (  # noqa: F401 (the config's names)
+    DATASETS,
+    MODES,
+    STAGE1_MECHANISMS,
+    Dataset,
+    Mode,
+    MomentsCovariance,
+    PrivateModel,
+    ReleasedModel,
+    Stage1Mechanism,
+)
 
 
 class ConfigError(ValueError):
     """A configuration value or file is invalid."""
 
 
-@dataclass
-class Stage1Config:
+def _no_bool(value: Any) -> Any:
+    """pydantic's lax mode reads `true` as 1; a flag where a number belongs is a mistake."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("not_a_number", "a boolean is not a number")
+    return value
+
+
+def _yaml_list(value: Any) -> Any:
+    """A list given on the command line arrives as YAML text: `--set tune.lr=[1e-3, 3e-3]`."""
+    if isinstance(value, str):
+        with contextlib.suppress(yaml.YAMLError, RecursionError):
+            value = yaml.safe_load(value)
+    if not isinstance(value, (list, tuple)):
+        raise PydanticCustomError("not_a_list", "not a list")
+    return value
+
+
+def _positive_finite(value: float) -> float:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"must be a positive finite number, got {value}")
+    return value
+
+
+def _device(value: str) -> str:
+    if value in ("cpu", "cuda") or value.startswith("cuda:"):
+        return value
+    raise ValueError(f"must be cpu or cuda, got {_short(value)}")
+
+
+# Constraints before the BeforeValidator, so that they stay in the JSON Schema.
+NoBool = BeforeValidator(_no_bool)
+Int = Annotated[int, NoBool]
+Float = Annotated[float, NoBool]
+PositiveInt = Annotated[int, Field(gt=0), NoBool]
+PositiveFloat = Annotated[float, Field(gt=0), NoBool]
+Fraction = Annotated[float, Field(gt=0, lt=1), NoBool]
+Rate = Annotated[float, Field(ge=0, lt=1), NoBool]
+GradSampleMode = Literal["hooks", "ghost"]
+"""Opacus per-sample gradients: `hooks` (materialised) or `ghost` (ghost clipping)."""
+AsList = BeforeValidator(_yaml_list)
+Floats = Annotated[tuple[PositiveFloat, ...], Field(min_length=1), AsList]
+Ints = Annotated[tuple[PositiveInt, ...], Field(min_length=1), AsList]
+Fractions = Annotated[tuple[Fraction, ...], Field(min_length=1), AsList]
+Rates = Annotated[tuple[Rate, ...], Field(min_length=1), AsList]
+
+_Section = TypeVar("_Section", bound="Section")
+
+
+class Section(BaseModel):
+    """Shared settings: frozen, unknown keys refused, NaN and infinities refused, numbers read
+    as text where text belongs (YAML reads `job_id: 7` as an int), docstrings as descriptions."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        coerce_numbers_to_str=True,
+        use_attribute_docstrings=True,
+    )
+
+    def replace(self: _Section, **changes: Any) -> _Section:
+        """A validated copy with `changes` (`model_copy(update=...)` would skip the checks)."""
+        return _validated(type(self), {**self.model_dump(), **changes})
+
+
+class Stage1Config(Section):
     """Privacy encoding: the DP-SGD autoencoder."""
 
-    latent_dim: int = 32
-    width: int = 32
-    epochs: float = 4.0
-    batch_size: int = 512
-    lr: float = 2e-3
-    max_grad_norm: float = 1.0
-    grad_sample_mode: str = "hooks"
-    epsilon_fraction: float = 0.15
+    latent_dim: PositiveInt = 32
+    width: PositiveInt = 32
+    epochs: PositiveFloat = 4.0
+    batch_size: PositiveInt = 512
+    lr: PositiveFloat = 2e-3
+    max_grad_norm: PositiveFloat = 1.0
+    grad_sample_mode: GradSampleMode = "hooks"
+    epsilon_fraction: Fraction = 0.15
     """Share of the run's epsilon given to stage 1 when calibrating (the rest goes to stage 2
     or to the release)."""
-    mechanism: str = "dpsgd-autoencoder"
+    mechanism: Stage1Mechanism = "dpsgd-autoencoder"
     """`dpsgd-autoencoder` (the conv autoencoder) or `lipschitz-vae` (a VAE with a proven
     Lipschitz bound whose latents are released by the Gaussian mechanism: `released` mode only;
     stages/lipschitz_release.py)."""
-    vae_hidden: int = 256
-    """`lipschitz-vae`: width of the encoder and decoder MLPs."""
+    vae_hidden: Annotated[int, Field(ge=2, multiple_of=2), NoBool] = 256
+    """`lipschitz-vae`: width of the encoder and decoder MLPs (even)."""
 
 
-@dataclass
-class ReleaseConfig:
+class ReleaseConfig(Section):
     """`released` mode: the per-record Gaussian release of clipped [latent, label] vectors."""
 
-    clip_norm: float = 1.0
-    label_scale: float = 0.6
+    clip_norm: PositiveFloat = 1.0
+    label_scale: Fraction = 0.6
     """Share of the clip norm given to the one-hot label, in (0, 1); the latent gets the rest
     (sqrt(1 - label_scale^2) of it), so the vector never needs clipping."""
 
 
-@dataclass
-class Stage2Config:
+class Stage2Config(Section):
     """Latent diffusion."""
 
-    hidden: int = 192
-    depth: int = 2
-    epochs: float = 40.0
-    batch_size: int = 1024
-    lr: float = 2e-3
-    max_grad_norm: float = 1.0
-    noise_draws: int = 4
-    label_dropout: float = 0.1
-    ema_decay: float = 0.995
-    sampler_steps: int = 50
-    guidance: float = 1.0
-    grad_sample_mode: str = "ghost"
+    hidden: PositiveInt = 192
+    depth: PositiveInt = 2
+    epochs: PositiveFloat = 40.0
+    batch_size: PositiveInt = 1024
+    lr: PositiveFloat = 2e-3
+    max_grad_norm: PositiveFloat = 1.0
+    noise_draws: PositiveInt = 4
+    label_dropout: Rate = 0.1
+    ema_decay: Rate = 0.995
+    sampler_steps: PositiveInt = 50
+    guidance: Float = 1.0
+    grad_sample_mode: GradSampleMode = "ghost"
     """Opacus per-sample gradients: `hooks` (materialised) or `ghost` (ghost clipping; the same
     clipped update, tested, and about 4x faster for this MLP on CPU: benchmarks/dp_overhead.py)."""
-    released_model: str = "deconvolution"
+    released_model: ReleasedModel = "deconvolution"
     """`released` mode's stage 2: `deconvolution` (a Gaussian mixture fitted through the known
     release noise, stages/deconvolve.py) or `diffusion` (the denoiser on the noisy latents)."""
-    mixture_components: int = 3
+    mixture_components: PositiveInt = 3
     """Deconvolution: mixture components per class."""
-    mixture_iterations: int = 100
+    mixture_iterations: PositiveInt = 100
     """Deconvolution: EM iterations."""
-    private_model: str = "diffusion"
+    private_model: PrivateModel = "diffusion"
     """`private` mode's stage 2: `diffusion` (DP-SGD latent diffusion) or `dp-moments` (class
     Gaussians from one Gaussian release of per-class moments, stages/dp_moments.py)."""
-    moments_covariance: str = "full"
+    moments_covariance: MomentsCovariance = "full"
     """dp-moments: `full` or `diagonal` covariances (diagonal: d instead of d(d+1)/2 noisy
     entries per class; better at small epsilon)."""
 
 
-@dataclass
-class TuneConfig:
+class TuneConfig(Section):
     """Ray Tune over stage 2 (`trials: 0` = off). In `private` mode every trial is its own
     ledger charge; trials are calibrated so that stage 1 plus `budgeted_trials` trials meet the
     run's epsilon, and trials asked for beyond what fits are refused before they read data."""
 
-    trials: int = 0
-    budgeted_trials: int = 2
-    max_concurrent_trials: int = 2
-    reports: int = 4
+    trials: Annotated[int, Field(ge=0), NoBool] = 0
+    """Trials to run; 0 = no search."""
+    budgeted_trials: PositiveInt = 2
+    max_concurrent_trials: PositiveInt = 2
+    reports: PositiveInt = 4
     """Noisy scores each trial reports (ASHA's rungs); each is one accounted Gaussian release."""
-    grace_period: int = 1
-    reduction_factor: int = 2
-    holdout_fraction: float = 0.1
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[int, Field(ge=2), NoBool] = 2
+    holdout_fraction: Annotated[float, Field(gt=0, lt=0.5), NoBool] = 0.1
     """Probability that a record is held out of training to score trials: one independent secret
     draw per record (a record's role never depends on the others); planning uses the expected
     sizes."""
-    score_clip: float = 2.0
+    score_clip: PositiveFloat = 2.0
     """Per-record held-out loss is clipped to [0, score_clip] before the noisy mean."""
-    score_noise_multiplier: float = 4.0
+    score_noise_multiplier: PositiveFloat = 4.0
     """Std of the noise on the held-out loss sum over the clipped loss's half-range."""
-    lr: list[float] = field(default_factory=lambda: [1e-3, 2e-3, 4e-3])
-    hidden: list[int] = field(default_factory=lambda: [128, 192, 256])
-    depth: list[int] = field(default_factory=lambda: [2, 3])
-    ema_decay: list[float] = field(default_factory=lambda: [0.99, 0.995, 0.999])
-    label_dropout: list[float] = field(default_factory=lambda: [0.1])
-    noise_draws: list[int] = field(default_factory=lambda: [4])
-    cpus_per_trial: float = 1.0
+    lr: Floats = (1e-3, 2e-3, 4e-3)
+    hidden: Ints = (128, 192, 256)
+    depth: Ints = (2, 3)
+    ema_decay: Fractions = (0.99, 0.995, 0.999)
+    label_dropout: Rates = (0.1,)
+    noise_draws: Ints = (4,)
+    cpus_per_trial: PositiveFloat = 1.0
 
 
-@dataclass
-class DistributedConfig:
+class DistributedConfig(Section):
     """Where stage 1's DP-SGD runs. `ray` (the default): a Ray Train worker group, on a local
     in-process Ray unless `address` names a cluster (`auto`, `ray://host:10001`, `host:6379`).
     `local`: the in-process core without Ray (e.g. a GPU machine where Ray is absent)."""
 
-    backend: str = "ray"
+    backend: Literal["ray", "local"] = "ray"
     address: str | None = None
-    num_workers: int = 1
+    num_workers: PositiveInt = 1
     use_gpu: bool = False
-    max_failures: int = 2
-    """Worker failures Ray Train recovers from, each from the latest checkpoint."""
-    checkpoint_every: int = 50
+    max_failures: Annotated[int, Field(ge=-1), NoBool] = 2
+    """Worker failures Ray Train recovers from, each from the latest checkpoint (-1 = always)."""
+    checkpoint_every: PositiveInt = 50
     """DP-SGD steps between checkpoints (the last step is always checkpointed)."""
     storage_path: str | None = None
     """Ray Train checkpoints (a local dir or s3:// URI); default `<out>/ray`."""
 
 
-@dataclass
-class EvalConfig:
-    synthetic_count: int = 10000
-    classifier_epochs: int = 5
-    evaluator_epochs: int = 3
+class EvalConfig(Section):
+    """Custodian-side evaluation of the synthetic data against the real splits."""
+
+    synthetic_count: Annotated[int, Field(ge=20), NoBool] = 10000
+    classifier_epochs: Int = 5
+    evaluator_epochs: Int = 3
     inception_weights: str | None = None
     inception_sha256: str | None = None
     enabled: bool = False
@@ -149,238 +231,152 @@ class EvalConfig:
     custodian part only (custodian/report.json, evaluation.json), never to the release."""
 
 
-@dataclass
-class RunConfig:
-    dataset: str = "mnist"
+class RunConfig(Section):
+    """One run: the data set, the guarantee and every stage's settings."""
+
+    dataset: Dataset = "mnist"
     data_dir: str = "../shared/datasets"
     download: bool = False
-    mode: str = "private"
-    epsilon: float = 10.0
-    delta: float = 1e-5
-    subset: int | None = 10000
-    seed: int = 0
-    device: str = "cpu"
+    mode: Mode = "private"
+    epsilon: Annotated[Float, AfterValidator(_positive_finite)] = 10.0
+    """The run's target epsilon (NaN and infinities are refused like everywhere)."""
+    delta: Fraction = 1e-5
+    subset: Annotated[int, Field(ge=2), NoBool] | None = 10000
+    """Expected number of training records (a secret Poisson draw); None = all."""
+    seed: Int = 0
+    device: Annotated[str, AfterValidator(_device)] = "cpu"
     ledger: str = "runs/ledger.json"
     out: str = "runs/latest"
     cache_dir: str = ".tdpdm-cache"
     job_id: str | None = None
-    metrics_port: int | None = None
+    metrics_port: Int | None = None
     progress: bool = True
     custodian_losses: bool = False
     """Opt-in: show training losses (unnoised statistics of private records) on the progress
     bar and telemetry and keep them in custodian/report.json; the report lists them as not
     covered."""
-    stage1: Stage1Config = field(default_factory=Stage1Config)
-    release: ReleaseConfig = field(default_factory=ReleaseConfig)
-    stage2: Stage2Config = field(default_factory=Stage2Config)
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
+    stage1: Stage1Config = Stage1Config()
+    release: ReleaseConfig = ReleaseConfig()
+    stage2: Stage2Config = Stage2Config()
+    evaluation: EvalConfig = EvalConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    tune: TuneConfig = TuneConfig()
 
-    def validate(self) -> RunConfig:
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not (self.epsilon > 0) or not math.isfinite(self.epsilon):
-            raise ConfigError(f"epsilon must be a positive finite number, got {self.epsilon}")
-        if not (0 < self.delta < 1):
-            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
-        if self.subset is not None and self.subset < 2:
-            raise ConfigError(f"subset must be at least 2 records, got {self.subset}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
-        s1, s2 = self.stage1, self.stage2
-        _positive(
-            "stage1", s1, "latent_dim", "width", "epochs", "batch_size", "lr", "max_grad_norm"
-        )
-        _positive(
-            "stage2",
-            s2,
-            "hidden",
-            "depth",
-            "epochs",
-            "batch_size",
-            "lr",
-            "max_grad_norm",
-            "noise_draws",
-            "sampler_steps",
-        )
-        _positive("release", self.release, "clip_norm")
-        if not (0 < self.release.label_scale < 1):
-            raise ConfigError(
-                f"release.label_scale must be in (0, 1), got {self.release.label_scale}"
-            )
-        if s2.private_model not in ("diffusion", "dp-moments"):
-            raise ConfigError(
-                f"stage2.private_model must be diffusion or dp-moments, got {s2.private_model!r}"
-            )
-        if s2.moments_covariance not in ("full", "diagonal"):
-            raise ConfigError(
-                f"stage2.moments_covariance must be full or diagonal, got {s2.moments_covariance!r}"
-            )
-        if self.tune.trials and s2.private_model != "diffusion" and self.mode == "private":
-            raise ConfigError("tune.trials searches the diffusion model: set stage2.private_model")
-        if s2.released_model not in ("deconvolution", "diffusion"):
-            raise ConfigError(
-                "stage2.released_model must be deconvolution or diffusion, got "
-                f"{s2.released_model!r}"
-            )
-        _positive("stage2", s2, "mixture_components", "mixture_iterations")
-        if s1.mechanism not in STAGE1_MECHANISMS:
-            raise ConfigError(
-                f"stage1.mechanism must be one of {STAGE1_MECHANISMS}, got {s1.mechanism!r}"
-            )
-        if s1.mechanism == "lipschitz-vae" and self.mode != "released":
-            raise ConfigError(
+    @field_validator(
+        "stage1", "release", "stage2", "evaluation", "distributed", "tune", mode="before"
+    )
+    @classmethod
+    def _empty_section(cls, value: Any) -> Any:
+        """`stage2:` with nothing under it (YAML null) means the defaults."""
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        """Rules that span sections (the messages carry the whole line: no single key)."""
+        if self.stage1.mechanism == "lipschitz-vae" and self.mode != "released":
+            raise ValueError(
                 "stage1.mechanism lipschitz-vae is a per-record release of the latents: it "
                 f"needs mode: released, not {self.mode!r}"
             )
-        if s1.vae_hidden < 2 or s1.vae_hidden % 2:
-            raise ConfigError(f"stage1.vae_hidden must be an even number >= 2, got {s1.vae_hidden}")
-        if not (0 < s1.epsilon_fraction < 1):
-            raise ConfigError(
-                f"stage1.epsilon_fraction must be in (0, 1), got {s1.epsilon_fraction}"
+        if self.tune.trials and self.mode == "private" and self.stage2.private_model != "diffusion":
+            raise ValueError(
+                "tune.trials searches the diffusion model: set stage2.private_model: diffusion "
+                "(or tune.trials: 0)"
             )
-        if not (0 <= s2.label_dropout < 1):
-            raise ConfigError(f"stage2.label_dropout must be in [0, 1), got {s2.label_dropout}")
-        if not (0 <= s2.ema_decay < 1):
-            raise ConfigError(f"stage2.ema_decay must be in [0, 1), got {s2.ema_decay}")
-        for section, stage in (("stage1", s1), ("stage2", s2)):
-            if stage.grad_sample_mode not in ("hooks", "ghost"):
-                raise ConfigError(
-                    f"{section}.grad_sample_mode must be hooks or ghost, got "
-                    f"{stage.grad_sample_mode!r}"
-                )
-        _check_tune(self.tune)
-        if self.tune.trials and self.mode == "released" and s2.released_model != "diffusion":
-            raise ConfigError(
+        searches_a_mixture = self.tune.trials and self.stage2.released_model != "diffusion"
+        if searches_a_mixture and self.mode == "released":
+            raise ValueError(
                 "tune.trials searches the diffusion model: set stage2.released_model: diffusion "
                 "(or tune.trials: 0)"
             )
-        _check_distributed(self.distributed)
-        if self.evaluation.synthetic_count < 20:
-            raise ConfigError("evaluation.synthetic_count must be at least 20")
+        d = self.distributed
+        if d.backend == "local" and (d.num_workers != 1 or d.address):
+            raise ValueError(
+                "distributed.backend local runs one in-process worker: set backend: ray for "
+                "num_workers > 1 or an address"
+            )
+        return self
+
+    def validate(self) -> RunConfig:  # type: ignore[override]
+        """Kept for callers: a RunConfig is validated when built and frozen after."""
         return self
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types (lists, not tuples), as the report's `config` section carries it."""
+        return self.model_dump(mode="json")
 
 
-def _check_tune(t: TuneConfig) -> None:
-    if t.trials < 0:
-        raise ConfigError(f"tune.trials must be >= 0 (0 = no search), got {t.trials}")
-    _positive(
-        "tune",
-        t,
-        "budgeted_trials",
-        "max_concurrent_trials",
-        "reports",
-        "grace_period",
-        "score_clip",
-        "score_noise_multiplier",
-        "cpus_per_trial",
-    )
-    if t.reduction_factor < 2:
-        raise ConfigError(f"tune.reduction_factor must be at least 2, got {t.reduction_factor}")
-    if not (0 < t.holdout_fraction < 0.5):
-        raise ConfigError(f"tune.holdout_fraction must be in (0, 0.5), got {t.holdout_fraction}")
-    for name in ("lr", "hidden", "depth", "ema_decay", "label_dropout", "noise_draws"):
-        values = getattr(t, name)
-        if not values:
-            raise ConfigError(f"tune.{name} must list at least one value")
-        for value in values:
-            if not (value >= 0) or (name != "label_dropout" and not (value > 0)):
-                raise ConfigError(f"tune.{name}: {value!r} is not a valid value")
-    if any(v >= 1 for v in t.ema_decay) or any(v >= 1 for v in t.label_dropout):
-        raise ConfigError("tune.ema_decay and tune.label_dropout values must be below 1")
+# -- pydantic errors as one line naming the key ------------------------------------------------
+
+_NOT_A = {"int": "int", "float": "float", "bool": "bool", "string": "str", "tuple": "list"}
+_BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
-def _check_distributed(d: DistributedConfig) -> None:
-    if d.backend not in ("ray", "local"):
-        raise ConfigError(f"distributed.backend must be ray or local, got {d.backend!r}")
-    _positive("distributed", d, "num_workers", "checkpoint_every")
-    if d.max_failures < -1:
-        raise ConfigError(
-            f"distributed.max_failures must be >= -1 (-1 = always), got {d.max_failures}"
-        )
-    if d.backend == "local" and (d.num_workers != 1 or d.address):
-        raise ConfigError(
-            "distributed.backend local runs one in-process worker: set backend: ray for "
-            "num_workers > 1 or an address"
-        )
-
-
-def _positive(section: str, obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not (value > 0) or (isinstance(value, float) and not math.isfinite(value)):
-            raise ConfigError(f"{section}.{name} must be positive, got {value}")
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in known:
-            raise ConfigError(f"unknown config key {path!r}; known: {', '.join(sorted(known))}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, path)
-        else:
-            kwargs[key] = _coerce(value, hint, path)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    text = str(hint)
-    optional = "None" in text
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{path} must not be empty")
-    if text.startswith("list["):
-        try:
-            items = yaml.safe_load(value) if isinstance(value, str) else value
-        except (yaml.YAMLError, RecursionError):
-            items = None
-        if not isinstance(items, list):
-            raise ConfigError(f"{path}: {_short(value)} is not a list (write e.g. [1, 2])")
-        inner = hint.__args__[0]
-        return [_coerce(item, inner, f"{path}[{i}]") for i, item in enumerate(items)]
+def _validated(model: type[_Section], data: Any) -> _Section:
     try:
-        if hint is bool or text.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            # Only scalars are stringified: str() of a YAML alias bomb never returns.
-            if not isinstance(value, (str, int)):
-                raise ValueError
-            if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
-                return str(value).lower() in ("true", "yes", "1")
-            raise ValueError
-        if hint is int or text.startswith("int"):
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-        if hint is float or text.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError
-            out = float(value)
-            if math.isnan(out):
-                raise ValueError
-            return out
-        if hint is str or text.startswith("str"):
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError, OverflowError):
-        name = getattr(hint, "__name__", text)
-        raise ConfigError(f"{path}: {_short(value)} is not a valid {name}") from None
-    return value
+        return model.model_validate(data)
+    except ValidationError as err:
+        errors = err.errors(include_url=False)
+        first = min(errors, key=lambda e: e["type"] != "extra_forbidden")  # typos first
+        raise ConfigError(_message(model, first)) from None
+
+
+def _message(model: type[BaseModel], error: Any) -> str:
+    loc, kind, value = error["loc"], error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if kind == "extra_forbidden":
+        known = ", ".join(sorted(_model_at(model, loc[:-1]).model_fields))
+        return f"unknown config key {path!r}; known: {known}"
+    if kind == "invalid_key":
+        return f"config keys must be text, got {_short(value)}"
+    if kind == "value_error":  # our validators: a rule over several keys, or one key's range
+        text = str(ctx.get("error", error["msg"]))
+        return f"{path} {text}" if path else text
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{path or 'config'} must be a mapping, got {type(value).__name__}"
+    if value is None:
+        return f"{path} must not be empty"
+    if kind == "literal_error":
+        return f"{path} must be one of {ctx['expected']}, got {_short(value)}"
+    if kind in _BOUNDS:
+        return f"{path} must be {_range(model, loc, ctx)}, got {_shown(value)}"
+    if kind == "multiple_of":
+        return f"{path} must be a multiple of {ctx['multiple_of']}, got {_shown(value)}"
+    if kind == "too_short":
+        return f"{path} must list at least one value"
+    if kind == "finite_number":
+        return f"{path} must be a finite number, got {_shown(value)}"
+    if kind == "not_a_list":
+        return f"{path}: {_short(value)} is not a list (write e.g. [1, 2])"
+    if kind == "not_a_number":
+        return f"{path}: {_short(value)} is not a number"
+    name = _NOT_A.get(kind.split("_")[0])
+    if name:
+        return f"{path}: {_short(value)} is not a valid {name}"
+    return f"{path}: {' '.join(str(error['msg']).split())}"
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    for part in loc:
+        model = model.model_fields[part].annotation  # type: ignore[assignment]
+    return model
+
+
+def _range(model: type[BaseModel], loc: tuple[Any, ...], ctx: dict[str, Any]) -> str:
+    """The key's whole declared range (`in (0, 1)`), not only the side that was crossed."""
+    bounds: dict[str, Any] = {}
+    if loc and not isinstance(loc[-1], int):  # a key (list items: the crossed side only)
+        for meta in _model_at(model, loc[:-1]).model_fields[loc[-1]].metadata:
+            bounds |= {b: getattr(meta, b) for b in ("gt", "ge", "lt", "le") if hasattr(meta, b)}
+    bounds = bounds or ctx
+    low = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds.get("ge"))
+    high = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds.get("le"))
+    if low[1] is not None and high[1] is not None:
+        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low[1] is not None:
+        return "positive" if low == ("(", 0) else f"{'>' if low[0] == '(' else '>='} {low[1]}"
+    return f"{'<' if high[0] == ')' else '<='} {high[1]}"
 
 
 def _short(value: Any) -> str:
@@ -389,6 +385,17 @@ def _short(value: Any) -> str:
     short.maxlevel, short.maxlist, short.maxdict = 2, 4, 4
     short.maxstring = short.maxother = 60
     return short.repr(value)
+
+
+def _shown(value: Any) -> str:
+    """A number as written (`--set stage2.epochs=-2` arrives as text), anything else bounded."""
+    if isinstance(value, str):
+        try:
+            float(value)
+            return value.strip()
+        except ValueError:
+            pass
+    return _short(value)
 
 
 def load_config(
@@ -423,4 +430,4 @@ def load_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"config key {part!r} is not a section")
         node[leaf] = value
-    return _build(RunConfig, data, "").validate()
+    return _validated(RunConfig, data)

@@ -15,7 +15,6 @@ guarantee covers, `custodian/` everything else.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import time
@@ -180,14 +179,13 @@ def run_diffuse_stage(
             raise ValueError(
                 f"{from_dir} was encoded for {key} {manifest[key]!r}, not {getattr(cfg, key)!r}"
             )
-    stage1 = dataclasses.replace(
-        cfg.stage1,
+    stage1 = cfg.stage1.replace(
         latent_dim=manifest["latent_dim"],
         width=manifest["width"],
         mechanism=manifest.get("mechanism", "dpsgd-autoencoder"),
         vae_hidden=manifest.get("vae_hidden", cfg.stage1.vae_hidden),
     )
-    cfg = dataclasses.replace(cfg, stage1=stage1)  # derived: the caller's config is untouched
+    cfg = cfg.replace(stage1=stage1)  # a checked copy: the caller's config is untouched
     ctx = RunContext.start(cfg, log, telemetry)
     stage1_events = [event_from_dict(e) for e in manifest["events"]]
     n = int(manifest["n_records"])

@@ -17,6 +17,7 @@ FLOORS = {
     "data": 0,
     "models": 0,
     "config": 0,
+    "choices": 0,
     "telemetry": 0,
     "report": 0,
     "privacy": 1,

@@ -11,7 +11,6 @@ bound below the claimed (accountant) epsilon; a bound above it refutes the claim
 
 from __future__ import annotations
 
-import copy
 import json
 import uuid
 from collections.abc import Callable
@@ -85,10 +84,11 @@ def run_audit(
     check = getattr(score_fn, "check", None)
     if check is not None:
         check(cfg)  # a scorer that cannot attack this configuration: refused before any charge
-    run_cfg = copy.deepcopy(cfg)
-    run_cfg.out = storage.join(cfg.out, "run")
-    run_cfg.evaluation.enabled = False  # the audit needs the artefacts, not utility metrics
-    run_cfg.job_id = cfg.job_id or f"audit-{cfg.dataset}-{cfg.mode}-{uuid.uuid4().hex[:8]}"
+    run_cfg = cfg.replace(
+        out=storage.join(cfg.out, "run"),
+        evaluation=cfg.evaluation.replace(enabled=False),  # the artefacts, not utility metrics
+        job_id=cfg.job_id or f"audit-{cfg.dataset}-{cfg.mode}-{uuid.uuid4().hex[:8]}",
+    )
 
     spec = get_spec(cfg.dataset)
     budget = Ledger(cfg.ledger).budget(cfg.dataset)

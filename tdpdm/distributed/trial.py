@@ -15,7 +15,6 @@ charge is then closed at the trial's full plan anyway (see `trial_budget`).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import zlib
 from collections.abc import Callable
@@ -202,7 +201,7 @@ def run_trial(
     trial's charge is closed at its full plan however it ends."""
     plan = setup.plan
     job_id = trial_job_prefix(setup.run_id) + trial_id
-    stage2 = dataclasses.replace(setup.stage2, **{k: hyper[k] for k in TUNABLE if k in hyper})
+    stage2 = setup.stage2.replace(**{k: hyper[k] for k in TUNABLE if k in hyper})
     base = {"job_id": job_id, "trial_id": trial_id}
     session: PrivacySession | None = None
     if plan.private:

@@ -1,268 +1,289 @@
-"""The run report's contract, checked before anything is written.
+"""The run report's contract, checked before anything is written, and published as JSON Schema.
 
 A report is what a privacy officer signs off, so a malformed guarantee (a missing delta, a
 non-positive noise multiplier, an event the page cannot describe) must fail loudly at write
-time, with one line naming the field, rather than render as a plausible-looking page.
+time, with one line naming the field, rather than render as a plausible-looking page. The
+contract is the pydantic model `Report` (strict types: a JSON number is not a string, a count
+is not a float); `docs/report.schema.json` is generated from it for readers in other languages.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from tdpdm.choices import Adjacency, Dataset, Mode
 from tdpdm.data import storage
 
-ADJACENCIES = ("add_remove", "replace_one")
-MODES = ("private", "released")
-METRIC_KEYS = ("accuracy", "inception_score", "classifier_fd", "fid")
-
-_NUM = "number"
-_INT = "int"
-_STR = "str"
-_DICT = "dict"
-_LIST = "list"
-
-REQUIRED_FIELDS: dict[str, str] = {
-    "tdpdm_version": _STR,
-    "run_id": _STR,
-    "dataset": _STR,
-    "mode": _STR,
-    "n_records": _INT,
-    "seed": _INT,
-    "wall_time_s": _NUM,
-    "hardware": _DICT,
-    "hardware.device": _STR,
-    "hardware.device_name": _STR,
-    "hardware.cpu": _STR,
-    "hardware.cpu_count": _INT,
-    "hardware.torch": _STR,
-    "hardware.python": _STR,
-    "hardware.platform": _STR,
-    "privacy": _DICT,
-    "privacy.epsilon": _NUM,
-    "privacy.delta": _NUM,
-    "privacy.adjacency": _STR,
-    "privacy.accountant": _STR,
-    "privacy.events": _LIST,
-    "privacy.budget": _DICT,
-    "privacy.budget.epsilon": _NUM,
-    "privacy.budget.delta": _NUM,
-    "privacy.budget.adjacency": _STR,
-    "privacy.budget.spent_epsilon_after_run": _NUM,
-    "privacy.statement": _STR,
-    "privacy.not_covered": _LIST,
-    "metrics": _DICT,
-    "metrics_note": _STR,
-    "config": _DICT,
-    "stages": _LIST,
-    "artifacts": _DICT,
-    "artifacts.synthetic": _STR,
-    "artifacts.samples_png": _STR,
-    "artifacts.report_html": _STR,
-}
-"""Dotted path -> expected type of every field a report must carry (more are allowed)."""
-
-EVENT_FIELDS: dict[str, dict[str, str]] = {
-    "poisson_gaussian": {
-        "stage": _STR,
-        "noise_multiplier": _NUM,
-        "sampling_rate": _NUM,
-        "steps": _INT,
-    },
-    "gaussian": {"stage": _STR, "noise_multiplier": _NUM},
-}
-"""Fields each mechanism kind needs so the report can state it fully (more are allowed)."""
-
-_MISSING = object()
+TrialStatus = Literal["completed", "stopped_by_asha", "refused", "failed"]
+TRIAL_STATUSES: tuple[str, ...] = get_args(TrialStatus)
 
 
-def _get(report: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = report
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
+def _integral(value: Any) -> Any:
+    """numpy integers (a report built from live arrays) are ints; bools and floats are not."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
 
 
-def _type_ok(value: Any, kind: str) -> bool:
-    if kind == _INT:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if kind == _NUM:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if kind == _STR:
-        return isinstance(value, str)
-    if kind == _DICT:
-        return isinstance(value, Mapping)
-    return isinstance(value, list)
+Int = Annotated[int, BeforeValidator(_integral)]
+Count = Annotated[int, Field(ge=1), BeforeValidator(_integral)]  # bounds first: in the schema
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Delta = Annotated[float, Field(gt=0, lt=1)]
+Text = Annotated[str, Field(pattern=r"\S")]
+"""Text with at least one non-blank character."""
 
 
-def _check_typed(container: Mapping[str, Any], fields: Mapping[str, str], prefix: str) -> None:
-    for name, kind in fields.items():
-        value = _get(container, name)
-        if value is _MISSING:
-            raise ValueError(f"report field '{prefix}{name}' is missing")
-        if not _type_ok(value, kind):
-            raise ValueError(
-                f"report field '{prefix}{name}' must be {kind}, got {type(value).__name__}"
+class _FieldProblem(ValueError):
+    """A rule over several fields, naming the one at fault (relative to the model raising it)."""
+
+    def __init__(self, field: str, text: str) -> None:
+        super().__init__(text)
+        self.field = field
+
+
+class _Part(BaseModel):
+    """Strict types, NaN and infinities refused, extra fields allowed (reports grow)."""
+
+    model_config = ConfigDict(
+        strict=True, extra="allow", allow_inf_nan=False, use_attribute_docstrings=True
+    )
+
+
+class Hardware(_Part):
+    device: str
+    device_name: str
+    cpu: str
+    cpu_count: Int
+    torch: str
+    python: str
+    platform: str
+
+
+class PoissonGaussianEvent(_Part):
+    """DP-SGD: `steps` Poisson-subsampled Gaussian steps."""
+
+    kind: Literal["poisson_gaussian"]
+    stage: Text
+    noise_multiplier: Positive
+    sampling_rate: Annotated[float, Field(gt=0, le=1)]
+    steps: Count
+
+
+class GaussianEvent(_Part):
+    """One Gaussian release (or `steps` of them)."""
+
+    kind: Literal["gaussian"]
+    stage: Text
+    noise_multiplier: Positive
+    steps: Count | None = None
+
+
+Event = Annotated[PoissonGaussianEvent | GaussianEvent, Field(discriminator="kind")]
+EVENT_KINDS: tuple[str, ...] = tuple(
+    get_args(m.model_fields["kind"].annotation)[0] for m in (PoissonGaussianEvent, GaussianEvent)
+)
+
+
+class Budget(_Part):
+    """The data set's ledger budget and what it has spent including this run."""
+
+    epsilon: Positive
+    delta: Delta
+    adjacency: Adjacency
+    spent_epsilon_after_run: NonNegative
+
+    @model_validator(mode="after")
+    def _within(self) -> Budget:
+        if self.spent_epsilon_after_run > self.epsilon * (1 + 1e-9):
+            raise _FieldProblem(
+                "spent_epsilon_after_run",
+                f"({self.spent_epsilon_after_run!r}) exceeds privacy.budget.epsilon "
+                f"({self.epsilon!r})",
             )
+        return self
 
 
-def _finite_positive(value: float, name: str) -> None:
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"report field '{name}' must be finite and > 0, got {value!r}")
+class Privacy(_Part):
+    """The guarantee of this run's release: (epsilon, delta)-DP under `adjacency`."""
+
+    epsilon: Positive
+    delta: Delta
+    adjacency: Adjacency
+    accountant: Text
+    """Which accountant computed epsilon, and whether it is an upper bound."""
+    events: Annotated[list[Event], Field(min_length=1)]
+    """Every mechanism that read private data, as accounted."""
+    budget: Budget
+    statement: Text
+    """The guarantee in plain words."""
+    not_covered: list[str]
+    """What the guarantee does not cover (e.g. custodian-only metrics)."""
 
 
-def _delta(value: float, name: str) -> None:
-    if not 0 < value < 1:
-        raise ValueError(f"report field '{name}' must be in (0, 1), got {value!r}")
+class Metrics(_Part):
+    """The utility metrics every report states, null when not run (more are allowed)."""
+
+    accuracy: float | None
+    inception_score: float | None
+    classifier_fd: float | None
+    fid: float | None
 
 
-def _adjacency(value: str, name: str) -> None:
-    if value not in ADJACENCIES:
-        raise ValueError(f"report field '{name}' must be one of {ADJACENCIES}, got {value!r}")
+class Stage(_Part):
+    name: str
+    wall_time_s: float
+    details: dict[str, Any] = {}
 
 
-def _nonempty(value: str, name: str) -> None:
-    if not value.strip():
-        raise ValueError(f"report field '{name}' must not be empty")
+class Artifacts(_Part):
+    synthetic: str
+    samples_png: str
+    report_html: str
 
 
-def _check_event(event: Any, i: int) -> None:
-    where = f"privacy.events[{i}]"
-    if not isinstance(event, Mapping):
-        raise ValueError(f"report field '{where}' must be dict, got {type(event).__name__}")
-    kind = event.get("kind")
-    if kind not in EVENT_FIELDS:
-        raise ValueError(
-            f"report field '{where}.kind' must be one of {tuple(EVENT_FIELDS)}, got {kind!r}"
-        )
-    _check_typed(event, EVENT_FIELDS[kind], where + ".")
-    _nonempty(event["stage"], f"{where}.stage")
-    _finite_positive(event["noise_multiplier"], f"{where}.noise_multiplier")
-    if kind == "poisson_gaussian":
-        q = event["sampling_rate"]
-        if not (math.isfinite(q) and 0 < q <= 1):
-            raise ValueError(f"report field '{where}.sampling_rate' must be in (0, 1], got {q!r}")
-    if "steps" in event or kind == "poisson_gaussian":
-        steps = event.get("steps")
-        if not _type_ok(steps, _INT) or steps < 1:
-            raise ValueError(f"report field '{where}.steps' must be an int >= 1, got {steps!r}")
+class Trial(_Part):
+    """One stage-2 search trial with its status and what it spent."""
+
+    trial_id: str
+    status: TrialStatus
+    hyperparameters: dict[str, Any]
+    events: list[Event]
+
+    @model_validator(mode="after")
+    def _refused_spends_nothing(self) -> Trial:
+        if self.status == "refused" and self.events:
+            raise _FieldProblem("events", "must be empty for a refused trial")
+        return self
 
 
-def _check_privacy(p: Mapping[str, Any]) -> None:
-    _finite_positive(p["epsilon"], "privacy.epsilon")
-    _delta(p["delta"], "privacy.delta")
-    _adjacency(p["adjacency"], "privacy.adjacency")
-    _nonempty(p["accountant"], "privacy.accountant")
-    _nonempty(p["statement"], "privacy.statement")
-    if not p["events"]:
-        raise ValueError("report field 'privacy.events' must list at least one mechanism")
-    for i, event in enumerate(p["events"]):
-        _check_event(event, i)
-    for i, item in enumerate(p["not_covered"]):
-        if not isinstance(item, str):
-            raise ValueError(f"report field 'privacy.not_covered[{i}]' must be str")
-    b = p["budget"]
-    _finite_positive(b["epsilon"], "privacy.budget.epsilon")
-    _delta(b["delta"], "privacy.budget.delta")
-    _adjacency(b["adjacency"], "privacy.budget.adjacency")
-    spent = b["spent_epsilon_after_run"]
-    if not math.isfinite(spent) or spent < 0:
-        raise ValueError(
-            f"report field 'privacy.budget.spent_epsilon_after_run' must be finite and >= 0, "
-            f"got {spent!r}"
-        )
-    if spent > b["epsilon"] * (1 + 1e-9):
-        raise ValueError(
-            f"report field 'privacy.budget.spent_epsilon_after_run' ({spent!r}) exceeds "
-            f"privacy.budget.epsilon ({b['epsilon']!r})"
-        )
+class Tuning(_Part):
+    """The optional stage-2 search."""
+
+    trials: list[Trial]
+    selected_trial: str
+    score: str
+
+    @model_validator(mode="after")
+    def _selected_is_a_trial(self) -> Tuning:
+        if self.selected_trial not in {t.trial_id for t in self.trials}:
+            raise _FieldProblem("selected_trial", f"({self.selected_trial!r}) is not a trial")
+        return self
 
 
-def _check_metrics(m: Mapping[str, Any]) -> None:
-    for key in METRIC_KEYS:
-        if key not in m:
-            raise ValueError(f"report field 'metrics.{key}' is missing (use null when not run)")
-        value = m[key]
-        if value is None:
-            continue
-        if not _type_ok(value, _NUM) or not math.isfinite(value):
-            raise ValueError(f"report field 'metrics.{key}' must be a finite number or null")
+class Report(_Part):
+    """report.json: who ran what, under which guarantee, with what result."""
 
+    tdpdm_version: str
+    run_id: str
+    dataset: Dataset
+    mode: Mode
+    n_records: Count
+    seed: Int
+    wall_time_s: NonNegative
+    hardware: Hardware
+    privacy: Privacy
+    metrics: Metrics
+    metrics_note: str
+    config: dict[str, Any]
+    """The run's configuration (tdpdm.config.RunConfig.as_dict)."""
+    stages: list[Stage]
+    artifacts: Artifacts
+    tuning: Tuning | None = None
 
-def _check_stages(stages: list[Any]) -> None:
-    for i, stage in enumerate(stages):
-        where = f"stages[{i}]"
-        if not isinstance(stage, Mapping):
-            raise ValueError(f"report field '{where}' must be dict, got {type(stage).__name__}")
-        _check_typed(stage, {"name": _STR, "wall_time_s": _NUM}, where + ".")
-        if "details" in stage and not isinstance(stage["details"], Mapping):
-            raise ValueError(f"report field '{where}.details' must be dict")
-
-
-TRIAL_STATUSES = ("completed", "stopped_by_asha", "refused", "failed")
-
-
-def _check_tuning(tuning: Any) -> None:
-    """The optional stage-2 search: every trial with its status and what it spent."""
-    if not isinstance(tuning, Mapping):
-        raise ValueError(f"report field 'tuning' must be dict, got {type(tuning).__name__}")
-    _check_typed(tuning, {"trials": _LIST, "selected_trial": _STR, "score": _STR}, "tuning.")
-    ids = set()
-    for i, trial in enumerate(tuning["trials"]):
-        where = f"tuning.trials[{i}]"
-        if not isinstance(trial, Mapping):
-            raise ValueError(f"report field '{where}' must be dict, got {type(trial).__name__}")
-        fields = {"trial_id": _STR, "status": _STR, "hyperparameters": _DICT, "events": _LIST}
-        _check_typed(trial, fields, where + ".")
-        if trial["status"] not in TRIAL_STATUSES:
-            raise ValueError(
-                f"report field '{where}.status' must be one of {TRIAL_STATUSES}, got "
-                f"{trial['status']!r}"
+    @model_validator(mode="after")
+    def _released_is_replace_one(self) -> Report:
+        # A per-record release is DP only when the record count is public (DESIGN.md, 3.2).
+        if self.mode == "released" and self.privacy.adjacency != "replace_one":
+            raise _FieldProblem(
+                "privacy.adjacency",
+                f"must be 'replace_one' in released mode, got {self.privacy.adjacency!r}",
             )
-        if trial["status"] == "refused" and trial["events"]:
-            raise ValueError(f"report field '{where}.events' must be empty for a refused trial")
-        for j, event in enumerate(trial["events"]):
-            try:
-                _check_event(event, j)
-            except ValueError as err:
-                raise ValueError(str(err).replace("privacy.events", f"{where}.events")) from None
-        ids.add(trial["trial_id"])
-    if tuning["selected_trial"] not in ids:
-        raise ValueError(
-            f"report field 'tuning.selected_trial' ({tuning['selected_trial']!r}) is not a trial"
-        )
+        return self
+
+
+METRIC_KEYS = tuple(Metrics.model_fields)
+
+
+def _required(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            out.append(prefix + name)
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                out += _required(field.annotation, f"{prefix}{name}.")
+    return out
+
+
+REQUIRED_FIELDS: tuple[str, ...] = tuple(_required(Report))
+"""Dotted path of every field a report must carry (read from `Report`; more are allowed)."""
+
+
+def report_json_schema() -> dict[str, Any]:
+    """The contract as JSON Schema, as committed in docs/report.schema.json (a test keeps the
+    file equal to this). Checks that JSON Schema cannot state (NaN, the budget arithmetic, the
+    cross-field rules) are only in `validate_report`."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema"} | Report.model_json_schema()
 
 
 def validate_report(report: Mapping[str, Any]) -> None:
     """Raise ValueError, one line naming the field, unless ``report`` meets the contract."""
     if not isinstance(report, Mapping):
         raise ValueError(f"report must be a dict, got {type(report).__name__}")
-    _check_typed(report, REQUIRED_FIELDS, "")
-    if report["mode"] not in MODES:
-        raise ValueError(f"report field 'mode' must be one of {MODES}, got {report['mode']!r}")
-    if report["n_records"] < 1:
-        raise ValueError(f"report field 'n_records' must be >= 1, got {report['n_records']!r}")
-    wall = report["wall_time_s"]
-    if not math.isfinite(wall) or wall < 0:
-        raise ValueError(f"report field 'wall_time_s' must be finite and >= 0, got {wall!r}")
-    _check_privacy(report["privacy"])
-    if report["mode"] == "released" and report["privacy"]["adjacency"] != "replace_one":
-        # A per-record release is DP only when the record count is public (DESIGN.md, 3.2).
-        raise ValueError(
-            "report field 'privacy.adjacency' must be 'replace_one' in released mode, got "
-            f"{report['privacy']['adjacency']!r}"
-        )
-    _check_metrics(report["metrics"])
-    _check_stages(report["stages"])
-    if report.get("tuning") is not None:
-        _check_tuning(report["tuning"])
+    try:
+        Report.model_validate(dict(report))
+    except ValidationError as err:
+        message = _message(err.errors(include_url=False)[0])
+        raise ValueError(" ".join(message.split())) from None  # one line, whatever the keys
+
+
+_KIND_NAMES = {"int": "int", "float": "number", "string": "str", "list": "list", "dict": "dict"}
+
+
+def _message(error: Any) -> str:
+    loc, kind, value = list(error["loc"]), error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    # A discriminated union puts the event's kind in the location: drop it.
+    loc = [p for i, p in enumerate(loc) if not (p in EVENT_KINDS and isinstance(loc[i - 1], int))]
+    problem = ctx.get("error")
+    if isinstance(problem, _FieldProblem):
+        loc.append(problem.field)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append("kind")
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    field = f"report field '{path}'"
+    if isinstance(problem, ValueError):
+        return f"{field} {problem}"
+    if kind in ("missing", "union_tag_not_found"):
+        hint = " (use null when not run)" if path.startswith("metrics.") else ""
+        return f"{field} is missing{hint}"
+    if kind == "union_tag_invalid":
+        return f"{field} must be one of {EVENT_KINDS}, got {ctx.get('tag')!r}"
+    if kind == "literal_error":
+        return f"{field} must be one of {ctx['expected']}, got {value!r}"
+    if kind == "too_short":
+        return f"{field} must list at least one mechanism"
+    if kind == "string_pattern_mismatch":
+        return f"{field} must not be empty"
+    if kind == "finite_number":
+        return f"{field} must be a finite number, got {value!r}"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
+    bounds |= {"less_than_equal": "<="}
+    if kind in bounds:
+        return f"{field} must be {bounds[kind]} {next(iter(ctx.values()))}, got {value!r}"
+    if kind in ("model_type", "model_attributes_type"):
+        return f"{field} must be dict, got {type(value).__name__}"
+    name = _KIND_NAMES.get(kind.split("_")[0])
+    if name:
+        return f"{field} must be {name}, got {type(value).__name__}"
+    return f"{field}: {' '.join(str(error['msg']).split())}"
 
 
 def _json_default(obj: Any) -> Any:
@@ -296,3 +317,14 @@ def read_report_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     report = json.loads(Path(path).read_text(encoding="utf-8"))
     validate_report(report)
     return report
+
+
+REGENERATE_SCHEMA = (
+    "python -c 'from tdpdm.report.schema import report_json_schema_text as t; "
+    'print(t(), end="")\' > docs/report.schema.json'
+)
+
+
+def report_json_schema_text() -> str:
+    """docs/report.schema.json's exact text (REGENERATE_SCHEMA writes it)."""
+    return json.dumps(report_json_schema(), indent=2, sort_keys=True) + "\n"

@@ -4,30 +4,29 @@ command-line override gives a valid RunConfig or one ConfigError line, never ano
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import pytest
 import yaml
 from fuzz_support import FUZZ, FUZZ_SLOW, one_line
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from tdpdm.config import ConfigError, RunConfig, load_config
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _key_paths(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key the config knows, read from the dataclasses (new sections included)."""
+def _key_paths(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key the config knows, read from the models (new sections included)."""
     out = []
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        path = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
-            out += _key_paths(hints[f.name], f"{path}.")
+    for name, field in cls.model_fields.items():
+        path = f"{prefix}{name}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out += _key_paths(field.annotation, f"{path}.")
         else:
             out.append(path)
     return out

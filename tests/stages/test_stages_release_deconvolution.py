@@ -34,7 +34,7 @@ def _release(z, y, sigma, label_scale=0.6, key=0):
         z,
         y,
         num_classes=10,
-        cfg=ReleaseConfig(1.0, label_scale),
+        cfg=ReleaseConfig(clip_norm=1.0, label_scale=label_scale),
         event=event,
         session=recorder,
         key=MechanismKey("release", key),
@@ -46,7 +46,7 @@ def test_release_vector_fits_the_clip_norm_without_clipping() -> None:
     rng = np.random.default_rng(0)
     z = rng.choice([-1.0, 1.0], size=(50, 8)).astype(np.float32)  # the largest tanh latents
     y = rng.integers(0, 10, 50)
-    lat, lab = release_scales(8, ReleaseConfig(1.0, 0.6))
+    lat, lab = release_scales(8, ReleaseConfig(clip_norm=1.0, label_scale=0.6))
     assert math.hypot(lat * math.sqrt(8), lab) == pytest.approx(1.0)
     out, recorder = _release(z, y, sigma=1e-9)
     # Nothing was clipped, so the public scales undo the embedding exactly.
@@ -69,7 +69,9 @@ def test_release_noise_levels_are_the_ones_applied() -> None:
 
 def test_label_scale_outside_unit_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="label_scale"):
-        release_scales(8, ReleaseConfig(1.0, 1.0))
+        ReleaseConfig(clip_norm=1.0, label_scale=1.0)
+    with pytest.raises(ValueError, match="label_scale"):  # the release's own guard
+        release_scales(8, ReleaseConfig.model_construct(clip_norm=1.0, label_scale=1.0))
 
 
 def _clusters(n: int, seed: int):

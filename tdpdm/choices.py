@@ -1,0 +1,38 @@
+"""The closed sets of names that the config, the report and the command line share.
+
+Each is one `Literal`, defined here once: pydantic validates against it, the report's JSON
+Schema lists it, and the CLI's `choices` come from it (`typing.get_args`). This module imports
+only `typing`, so the parser and the report layer use it without loading the config machinery.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Mode = Literal["private", "released"]
+"""`private`: DP-SGD on both stages. `released`: a per-record Gaussian release of the latents."""
+
+Dataset = Literal["mnist", "fashion-mnist"]
+"""The data sets the catalog (tdpdm.data.catalog) knows."""
+
+Stage1Mechanism = Literal["dpsgd-autoencoder", "lipschitz-vae"]
+"""Stage 1: the DP-SGD conv autoencoder, or the Lipschitz VAE (a release: `released` only)."""
+
+ReleasedModel = Literal["deconvolution", "diffusion"]
+"""`released` mode's stage 2: a deconvolved Gaussian mixture, or diffusion on noisy latents."""
+
+PrivateModel = Literal["diffusion", "dp-moments"]
+"""`private` mode's stage 2: DP-SGD latent diffusion, or class Gaussians from DP moments."""
+
+MomentsCovariance = Literal["full", "diagonal"]
+"""dp-moments: full covariances, or diagonal ones (d noisy entries per class, not d(d+1)/2)."""
+
+Adjacency = Literal["add_remove", "replace_one"]
+"""The neighbouring relations a guarantee is stated under (tdpdm.privacy.adjacency)."""
+
+MODES: tuple[str, ...] = get_args(Mode)
+DATASETS: tuple[str, ...] = get_args(Dataset)
+STAGE1_MECHANISMS: tuple[str, ...] = get_args(Stage1Mechanism)
+RELEASED_MODELS: tuple[str, ...] = get_args(ReleasedModel)
+PRIVATE_MODELS: tuple[str, ...] = get_args(PrivateModel)
+ADJACENCIES: tuple[str, ...] = get_args(Adjacency)

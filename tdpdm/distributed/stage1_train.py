@@ -107,7 +107,8 @@ def train_dpsgd_on_ray(
     state (which holds the loop's config) can reveal the noise. Returns the model of the final
     checkpoint; charges its steps on `session`."""
     ray = import_ray()
-    from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, Result, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig  # not tdpdm.config.RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_name = run_name or f"{plan.stage}-{uuid.uuid4().hex[:8]}"
@@ -134,7 +135,7 @@ def train_dpsgd_on_ray(
                 use_gpu=cfg.use_gpu,
                 resources_per_worker={"CPU": 1} | ({"GPU": 1} if cfg.use_gpu else {}),
             ),
-            run_config=RunConfig(
+            run_config=RayRunConfig(
                 name=run_name,
                 storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=cfg.max_failures),

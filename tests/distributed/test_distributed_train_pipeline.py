@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_support import shared_datasets_root
+from tdpdm_test_support import shared_datasets_root
 
 from tdpdm.cli import main
 from tdpdm.data import storage

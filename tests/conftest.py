@@ -1,4 +1,9 @@
-"""Fixtures shared by every test directory.
+"""Fixtures shared by every test directory (helpers: tdpdm_test_support.py).
+
+`shared_datasets` (session): the real data sets, or a clean skip where they are missing.
+`one_torch_thread`: torch on one thread for the test (2 busy cores).
+`private_run`, `released_run` (session): one tiny end-to-end run per mode, shared by every test
+that only reads its outputs (tests/pipeline, tests/soundness): a run costs a minute or more.
 
 Mechanism randomness (DP noise, sampling masks, release noise, score noise) comes from fresh OS
 entropy in the product (`tdpdm.privacy.randomness`). Tests that need it repeatable replace the
@@ -9,12 +14,42 @@ config key: no such flag exists.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from mechanism_keys import derived_key, seed_derived_key
+from tdpdm_test_support import (
+    FinishedRun,
+    require_shared_datasets,
+    run_tiny_pipeline,
+    torch_threads,
+)
 
 from tdpdm.privacy import randomness
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The real MNIST / Fashion-MNIST copies (../shared/datasets or $TDPDM_SHARED_DATASETS);
+    the test is skipped where they are missing."""
+    return require_shared_datasets()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def private_run(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path) -> FinishedRun:
+    return run_tiny_pipeline(tmp_path_factory.mktemp("private-run"), shared_datasets, "private")
+
+
+@pytest.fixture(scope="session")
+def released_run(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path) -> FinishedRun:
+    return run_tiny_pipeline(tmp_path_factory.mktemp("released-run"), shared_datasets, "released")
 
 
 @pytest.fixture

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def datasets_root() -> Path:
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+from tdpdm_test_support import tiny_run_overrides
 
 
 def seed_derived_key() -> Callable[[int, str], int]:
@@ -24,28 +18,27 @@ def seed_derived_key() -> Callable[[int, str], int]:
 
 def audit_overrides(root: Path, data_dir: Path, mode: str, epsilon: float) -> dict[str, Any]:
     """A small audited run: 500 real records, few steps, no evaluation, in this process."""
-    common = {
-        "mode": mode,
-        "dataset": "mnist",
-        "data_dir": str(data_dir),
-        "epsilon": epsilon,
-        "delta": 1e-5,
-        "subset": 500,
-        "seed": 5,
-        "out": str(root / "audit"),
-        "ledger": str(root / "ledger.json"),
-        "cache_dir": str(root / "cache"),
-        "progress": False,
-        "distributed.backend": "local",
-        "stage2.epochs": 1,
-        "stage2.batch_size": 256,
-        "stage2.sampler_steps": 5,
-        "evaluation.enabled": False,
-        "evaluation.synthetic_count": 20,
-    }
-    if mode == "private":
-        return common | {"stage1.epochs": 40, "stage1.batch_size": 64}
-    return common | {"stage1.epochs": 2, "stage1.batch_size": 128}
+    stage1 = (
+        {"stage1.epochs": 40, "stage1.batch_size": 64}
+        if mode == "private"
+        else {"stage1.epochs": 2, "stage1.batch_size": 128}
+    )
+    return tiny_run_overrides(
+        root,
+        data_dir,
+        mode,
+        epsilon=epsilon,
+        subset=500,
+        seed=5,
+        out="audit",
+        settings={
+            "stage2.epochs": 1,
+            "stage2.batch_size": 256,
+            "stage2.sampler_steps": 5,
+            "evaluation.synthetic_count": 20,
+            **stage1,
+        },
+    )
 
 
 def summary(label: str, audit: dict[str, Any]) -> str:

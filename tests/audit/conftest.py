@@ -1,30 +1,13 @@
-"""Fixtures for the audit tests: real data, fresh ledgers, and the test-only noise switch."""
+"""Fixtures for the audit tests: the test-only noise switch (real data and one torch thread:
+tests/conftest.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from audit_support import datasets_root
-
-
-@pytest.fixture(scope="session")
-def shared_datasets() -> Path:
-    root = datasets_root()
-    if not (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real data sets not found at {root}")
-    return root
-
-
-@pytest.fixture
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -1,32 +1,7 @@
-"""Helpers for the CLI tests: data location, tiny settings as flags, one-line error checks."""
+"""Helpers for the CLI tests: one-line error checks (data location, tiny settings and `--set`
+flags: tests/tdpdm_test_support.py)."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
-
-TINY_SETS = [
-    "stage1.epochs=1",
-    "stage2.epochs=3",
-    "stage2.batch_size=256",
-    "evaluation.synthetic_count=300",
-    "evaluation.classifier_epochs=1",
-    "evaluation.evaluator_epochs=1",
-]
-
-
-def shared_datasets_root() -> Path:
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
-
-def set_flags(*items: str) -> list[str]:
-    out: list[str] = []
-    for item in items:
-        out += ["--set", item]
-    return out
 
 
 def error_lines(stderr: str) -> list[str]:

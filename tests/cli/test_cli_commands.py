@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_support import assert_one_line_error, set_flags
+from cli_support import assert_one_line_error
+from tdpdm_test_support import set_flags
 
 from tdpdm.cli import main
 from tdpdm.privacy.ledger import Ledger

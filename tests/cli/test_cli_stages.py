@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from cli_support import TINY_SETS, set_flags
+from tdpdm_test_support import set_flags, tiny_run_sets
 
 from tdpdm.cli import main
 from tdpdm.privacy.accountant import compute_epsilon
@@ -52,7 +52,7 @@ def stage_flags(tmp_path: Path, data_dir: Path, out: str, epsilon: float) -> lis
         "--seed",
         "3",
         "--no-progress",
-        *set_flags(*TINY_SETS),
+        *tiny_run_sets(),
     ]
 
 

@@ -1,9 +1,9 @@
-"""Shared fixtures for the data-layer tests: real data location, IDX builders, HTTP mirrors."""
+"""Shared fixtures for the data-layer tests: IDX builders, HTTP mirrors (real data:
+`shared_datasets` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import struct
 import threading
@@ -25,22 +25,6 @@ IDX_CODES = {
     np.dtype("float32"): 0x0D,
     np.dtype("float64"): 0x0E,
 }
-
-
-def _shared_root() -> Path:
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
-
-@pytest.fixture(scope="session")
-def shared_datasets() -> Path:
-    """The real MNIST / Fashion-MNIST copies (../shared/datasets or $TDPDM_SHARED_DATASETS)."""
-    root = _shared_root()
-    if not (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real data sets not found at {root}")
-    return root
 
 
 def encode_idx(arr: np.ndarray, code: int | None = None) -> bytes:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import uuid
 
 import numpy as np
 import pytest
+from tdpdm_test_support import free_port
 
 from tdpdm.data import storage
 from tdpdm.data.catalog import get_spec
@@ -24,10 +24,7 @@ def _sha(path) -> str:
 
 
 def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{free_port()}/"
 
 
 def test_download_from_good_mirror(mirror, tmp_path):

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_support import shared_datasets_root
+from tdpdm_test_support import shared_datasets_root
 
 from tdpdm.cli import main
 from tdpdm.data import storage
 from tdpdm.distributed.stage1_train import STATE_FILE
 from tdpdm.privacy.ledger import Ledger
 from tdpdm.stages.artifacts import RunLayout
+from tdpdm.telemetry import Telemetry
+from tdpdm.telemetry import core as telemetry_core
 
 MAIN_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "main.yaml"
 
@@ -54,6 +56,16 @@ def _args(tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+class _Steps(Telemetry):
+    """Counts the optimizer steps the pipeline reports, per stage."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def step(self, stage: str, steps: int, loss: float | None, samples_per_s: float) -> None:
+        self.steps[stage] = self.steps.get(stage, 0) + steps
+
+
 def _checkpoints_at_deletion(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[str]]:
     """Every DP-SGD checkpoint under a tree the run deletes, seen just before the deletion
     (state file -> the fields it holds)."""
@@ -74,6 +86,8 @@ def test_main_job_runs_stage1_on_ray_train(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     checkpoints = _checkpoints_at_deletion(monkeypatch)
+    telemetry = _Steps()
+    monkeypatch.setattr(telemetry_core, "_current", telemetry)
     assert main(_args(tmp_path, "--set=distributed.num_workers=2")) == 0
     out = tmp_path / "out"
     layout = RunLayout(str(out))
@@ -84,6 +98,9 @@ def test_main_job_runs_stage1_on_ray_train(tmp_path, monkeypatch, capsys):
     assert details["backend"] == "ray" and details["num_workers"] == 2
     stage1 = [e for e in report["privacy"]["events"] if e.get("stage") == "encoder"]
     assert len(stage1) == 1 and stage1[0]["steps"] == details["steps"] == 4  # 400 / 100 x 1
+    # Ray Train's steps reach telemetry (tdpdm_training_steps_total; the Prometheus scrape test
+    # in tests/telemetry runs on the local backend).
+    assert telemetry.steps.get("encoder") == details["steps"], telemetry.steps
     charges = Ledger(str(tmp_path / "ledger.json")).charges("mnist")
     assert [c.status for c in charges] == ["settled"]
 

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from tune_support import shared_datasets_root, tiny_tune_overrides
+from tdpdm_test_support import torch_threads
+from tune_support import tiny_tune_overrides
 
 from tdpdm.config import load_config
 from tdpdm.privacy.accountant import compute_epsilon
@@ -29,23 +29,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def data_dir() -> Path:
-    root = shared_datasets_root()
-    if not (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"the real data sets are needed at {root}")
-    return root
+def data_dir(shared_datasets: Path) -> Path:
+    return shared_datasets
 
 
 def _run(tmp_path: Path, data_dir: Path, mode: str, trials: int):
     from tdpdm.pipeline import run_pipeline
 
     cfg = load_config(None, tiny_tune_overrides(tmp_path, data_dir, mode, trials))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         run_pipeline(cfg, log=lambda m: None)
-    finally:
-        torch.set_num_threads(before)
     return cfg
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from ray_cluster_support import RAY, LocalCluster, ray_env, start_two_node_cluster
-from tune_support import shared_datasets_root
+from tdpdm_test_support import require_shared_datasets
 
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.adjacency import Adjacency
@@ -64,8 +64,7 @@ def _wait_for_job(cluster: LocalCluster, job_id: str) -> str:
 
 
 def test_pipeline_job_on_a_two_node_cluster(cluster: LocalCluster, tmp_path: Path):
-    data_dir = shared_datasets_root()
-    assert (data_dir / "mnist" / "train-images-idx3-ubyte.gz").is_file(), data_dir
+    data_dir = require_shared_datasets()
     out, ledger = tmp_path / "run", tmp_path / "ledger.json"
     job_id = f"tdpdm-test-{uuid.uuid4().hex[:8]}"
     settings = {

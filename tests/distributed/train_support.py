@@ -17,15 +17,10 @@ from tdpdm.models.autoencoder import ConvAutoencoder
 from tdpdm.stages.encode import reconstruction_loss
 
 
-def shared_datasets_root() -> Path:
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
-
 def mnist_images(n: int) -> torch.Tensor:
     """The first `n` real MNIST training images in [0, 1], shape (n, 1, 28, 28)."""
+    from tdpdm_test_support import shared_datasets_root  # the driver only: never shipped
+
     from tdpdm.data.loader import load_split
     from tdpdm.stages.encode import images_to_tensor
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tdpdm_test_support import shared_datasets_root, torch_threads
 
-# DESIGN.md section 7: ../shared/datasets/ next to the repository.
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "mnist"
+# DESIGN.md section 7: ../shared/datasets/ next to the repository (or $TDPDM_SHARED_DATASETS).
+MNIST_DIR = shared_datasets_root() / "mnist"
 
 
 def _read_idx(name: str, offset: int) -> np.ndarray:
@@ -38,10 +39,8 @@ def _one_torch_thread():
 
     Module scope, so it is in place before the module-scoped training fixtures run.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 import yaml
+from tdpdm_test_support import helm_env, helm_path, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "tdpdm"
@@ -33,21 +33,6 @@ CORE_API_VERSIONS = {"v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1
 RAY_KINDS = {"RayCluster", "RayJob"}
 
 Doc = dict[str, Any]
-
-
-def require_tool(path: str | os.PathLike[str] | None, name: str, hint: str) -> str:
-    """Return the tool's path; skip when absent, but fail under CI (a skip would hide it)."""
-    if path and Path(path).is_file() and os.access(path, os.X_OK):
-        return str(path)
-    message = f"{name} not found ({hint}); run scripts/setup_tools.sh"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def helm_path() -> str:
-    candidate = os.environ.get("TDPDM_HELM") or str(REPO / ".tools" / "bin" / "helm")
-    return require_tool(candidate, "helm", "TDPDM_HELM or .tools/bin/helm")
 
 
 def kubectl_path() -> str:
@@ -69,13 +54,7 @@ def values_file(value_set: str) -> Path:
 
 def run_helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run helm with a throw-away HOME so no user config or repo cache leaks into the result."""
-    home = Path(tempfile.gettempdir()) / f"tdpdm-helm-{os.getuid()}"
-    env = {
-        **os.environ,
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
+    env = helm_env(Path(tempfile.gettempdir()) / f"tdpdm-helm-{os.getuid()}")
     proc = subprocess.run(
         [helm_path(), *args], capture_output=True, text=True, timeout=120, env=env
     )

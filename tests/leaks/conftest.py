@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from leak_support import CapturedRun, run_cli, shared_datasets_root, subset_positions
+from leak_support import CapturedRun, run_cli, subset_positions
 
 
 @pytest.fixture(scope="session")
-def training_subset() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_subset(shared_datasets: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images, labels, positions) of the records the runs train on.
 
     The positions repeat `PrivateTrainingSet`'s documented rule (one independent draw per record
@@ -17,19 +19,19 @@ def training_subset() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     from tdpdm.data.loader import load_split
 
-    root = shared_datasets_root()
-    if not (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real data sets not found at {root}")
-    images, labels = load_split("mnist", str(root / "mnist"), "train")
+    images, labels = load_split("mnist", str(shared_datasets / "mnist"), "train")
     positions = subset_positions(len(images))
     return images[positions], labels[positions], positions
 
 
 @pytest.fixture(scope="session", params=["private", "released"])
 def captured_run(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, training_subset
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    shared_datasets: Path,
+    training_subset,
 ) -> CapturedRun:
     root = tmp_path_factory.mktemp(f"leak-{request.param}")
-    run = run_cli(root, shared_datasets_root(), request.param)
+    run = run_cli(root, shared_datasets, request.param)
     assert run.returncode == 0, run.stderr[-3000:]
     return run

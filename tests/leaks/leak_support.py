@@ -13,7 +13,6 @@ then recomputes the subset with the documented per-record rule (`subset_position
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tdpdm_test_support import free_port
 
 SUBSET = 300
 SEED = 5
@@ -41,13 +41,6 @@ FAKE_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "leakCheck/Secret+Key9fJ2kLmN0pQrStUvWxYz123",
     "AWS_SESSION_TOKEN": "FQoGZXIvYXdzLEAKCHECKtokenZ2l2ZW5fdG9rZW4K",
 }
-
-
-def shared_datasets_root() -> Path:
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 
 @dataclass
@@ -91,12 +84,6 @@ def subset_positions(n_file: int) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _scrape(port: int) -> str | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
@@ -106,7 +93,7 @@ def _scrape(port: int) -> str | None:
 
 
 def run_cli(root: Path, data_dir: Path, mode: str) -> CapturedRun:
-    port = _free_port()
+    port = free_port()
     out, ledger = root / "out", root / "ledger.json"
     # epsilon 3, not 8: calibrating private mode's low-noise DP-SGD with PRV takes twice as long.
     argv = [

@@ -6,17 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from tdpdm_test_support import torch_threads
 
 from tdpdm.data.loader import load_split
 
-DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "datasets"
-
 
 @pytest.fixture(scope="session")
-def data_root() -> Path:
-    assert (DATA_ROOT / "mnist").is_dir(), f"MNIST not found under {DATA_ROOT}"
-    return DATA_ROOT
+def data_root(shared_datasets: Path) -> Path:
+    return shared_datasets
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +25,5 @@ def mnist_small(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(autouse=True)
 def _one_thread():
     """2 shared cores: keep each test on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield

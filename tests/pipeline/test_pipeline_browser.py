@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from tdpdm_test_support import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 
 from tdpdm.report.html import fmt_epsilon
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.browser,
     pytest.mark.timeout(900),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium"),
+    needs_chromium,
 ]
 
 
@@ -36,7 +24,7 @@ def test_end_to_end_report_in_chromium(private_run) -> None:
     accuracy = f"{custodian['metrics']['accuracy'] * 100:.2f}%"
     requests: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.on("request", lambda r: requests.append(r.url))

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from pipeline_support import int_values, keys_containing, plausible_poisson_count, pld_add_remove
+from pipeline_support import int_values, keys_containing, pld_add_remove
+from tdpdm_test_support import plausible_poisson_count
 
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import event_from_dict, event_to_dict

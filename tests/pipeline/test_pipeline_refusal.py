@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pipeline_support import tiny_overrides
+from tdpdm_test_support import tiny_run_overrides
 
 import tdpdm.data.private as private
 from tdpdm.config import load_config
@@ -20,7 +20,7 @@ def test_over_budget_plan_refused_before_any_read(
     shared_datasets: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cfg = load_config(None, tiny_overrides(tmp_path, shared_datasets, "private", epsilon=10.0))
+    cfg = load_config(None, tiny_run_overrides(tmp_path, shared_datasets, "private"))
     Ledger(cfg.ledger).set_budget("mnist", 0.5, 1e-5, "add_remove")
     before = Path(cfg.ledger).read_bytes()
 

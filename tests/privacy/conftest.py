@@ -1,20 +1,11 @@
-"""Fixtures for the privacy-layer tests: ledger files and the real data location."""
+"""Fixtures for the privacy-layer tests: ledger files, no calibration cache (real data:
+`shared_datasets` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from privacy_support import shared_datasets_root
-
-
-@pytest.fixture(scope="session")
-def shared_datasets() -> Path:
-    """The real data sets (../shared/datasets next to the repo, or $TDPDM_SHARED_DATASETS)."""
-    root = shared_datasets_root()
-    if not (root / "mnist" / "train-labels-idx1-ubyte.gz").is_file():
-        pytest.skip(f"real data sets not found at {root}")
-    return root
 
 
 @pytest.fixture

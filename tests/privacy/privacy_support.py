@@ -1,4 +1,4 @@
-"""Helpers for the privacy tests: the real data location, an independent PLD accountant for
+"""Helpers for the privacy tests: an independent PLD accountant for
 add/remove, and an independent replace-one reference built from numpy and scipy only.
 
 The dp_accounting events here are built directly from `dp_accounting.dp_event`, never through
@@ -8,8 +8,6 @@ tdpdm's own conversion, so that the cross-checks compare two independent paths.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 from dp_accounting import NeighboringRelation, dp_event
@@ -17,13 +15,6 @@ from dp_accounting.pld import pld_privacy_accountant
 from scipy import optimize, special
 
 DELTA = 1e-5
-
-
-def shared_datasets_root() -> Path:
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 
 def dpsgd_dp_event(sigma: float, q: float, steps: int) -> dp_event.DpEvent:

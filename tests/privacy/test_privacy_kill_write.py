@@ -3,7 +3,8 @@
 A real process hammers a local ledger file with every kind of write and is killed many times at
 random points (inside the accounting, the temp-file write, the fsync, the rename); after each
 kill the ledger must read back, stay within budget, and hold every change the writer announced.
-The same test against an S3 endpoint lives in tests/s3/test_s3_ledger_kill.py.
+The driver is tests/ledger_harness.py; the same test against an S3 endpoint is in
+tests/s3/test_s3_ledger_race.py.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import ledger_hammer
+import ledger_harness
 import pytest
-from ledger_hammer import DATASET, DELTA, kill_loop
+from ledger_harness import DATASET, DELTA, kill_loop
 
 from tdpdm.privacy.ledger import Ledger
 
@@ -30,13 +31,13 @@ def test_killed_writer_leaves_a_consistent_ledger(
     Ledger(location).set_budget(DATASET, 0.5, DELTA, "add_remove")
     # Tally the changes the hammers announced: each is checked for durability after the kill.
     announced: Counter[str] = Counter()
-    apply = ledger_hammer.Expected.apply
+    apply = ledger_harness.Expected.apply
 
-    def tally(self: ledger_hammer.Expected, line: str) -> None:
+    def tally(self: ledger_harness.Expected, line: str) -> None:
         announced[line.split()[1]] += 1
         apply(self, line)
 
-    monkeypatch.setattr(ledger_hammer.Expected, "apply", tally)
+    monkeypatch.setattr(ledger_harness.Expected, "apply", tally)
 
     stats = kill_loop(
         location, dict(os.environ), iterations=ITERATIONS, max_delay_s=1.0, time_budget_s=150

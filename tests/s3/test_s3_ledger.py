@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from moto_endpoint import SECRETS
+from tdpdm_test_support import free_port
 
 from tdpdm.privacy.events import GaussianEvent, PoissonGaussianEvent
 from tdpdm.privacy.ledger import BudgetExceededError, Ledger
@@ -135,9 +135,7 @@ def test_unreachable_endpoint_is_a_one_line_error(s3, monkeypatch) -> None:
     uri = s3.uri("ledger.json")
     Ledger(uri).set_budget(DS, 1.0, DELTA, "add_remove")
     before = s3.get("ledger.json")
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", dead)
     with pytest.raises(LedgerStoreError) as info:

@@ -10,15 +10,14 @@ credentials must appear in no object, log or error.
 from __future__ import annotations
 
 import json
-import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from moto_endpoint import SECRETS
+from tdpdm_test_support import free_port, plausible_poisson_count
 
 from tdpdm.privacy.ledger import Ledger
 from tdpdm.report.schema import validate_report
@@ -28,19 +27,6 @@ from tdpdm.stages.synthetic_io import read_synthetic
 REPO = Path(__file__).resolve().parents[2]
 SUBSET = 1000
 SYNTHETIC = 100
-MNIST_TRAIN = 60000
-
-
-def _plausible_subset_count(count: int) -> bool:
-    """`--subset` is a Poisson subset: Binomial(60000, SUBSET/60000) records, within 6 sd."""
-    p = SUBSET / MNIST_TRAIN
-    return abs(count - SUBSET) <= 6 * math.sqrt(MNIST_TRAIN * p * (1 - p))
-
-
-def _shared_mnist() -> Path:
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    root = Path(env) if env else REPO.parent / "shared" / "datasets"
-    return root / "mnist"
 
 
 def _run_cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
@@ -74,8 +60,8 @@ def _tiny_run_args(data_dir: str, out: str, ledger: str, cache: Path) -> list[st
 
 
 @pytest.fixture
-def mnist_in_bucket(s3):
-    source = _shared_mnist()
+def mnist_in_bucket(s3, shared_datasets: Path):
+    source = shared_datasets / "mnist"
     files = sorted(source.glob("*-ubyte.gz"))
     if len(files) != 4:
         pytest.skip(f"real MNIST IDX files not found in {source}")
@@ -131,7 +117,7 @@ def test_pipeline_reads_and_writes_everything_on_s3(mnist_in_bucket, tmp_path: P
     latents_uri = s3.uri("runs", "first", "custodian", "latents", "latents.parquet")
     latents, labels, meta = read_latents(latents_uri)
     assert latents.shape[0] == labels.shape[0] and meta and meta["sensitive"] is True
-    assert _plausible_subset_count(latents.shape[0]), latents.shape  # planned SUBSET, Poisson
+    assert plausible_poisson_count(latents.shape[0], SUBSET), latents.shape  # Poisson subset
     synthetic_uri = s3.uri("runs", "first", "release", "synthetic", "part-0.parquet")
     images, synth_labels, _ = read_synthetic(synthetic_uri)
     assert images.shape == (SYNTHETIC, 28, 28) and len(synth_labels) == SYNTHETIC
@@ -158,9 +144,7 @@ def test_unreachable_endpoint_is_one_line_and_leaves_the_ledger(s3, tmp_path: Pa
     ledger_path = tmp_path / "ledger.json"
     Ledger(str(ledger_path)).set_budget("mnist", 10.0, 1e-5, "add_remove")
     before = ledger_path.read_bytes()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, **s3.env, "AWS_ENDPOINT_URL": dead, "AWS_ENDPOINT_URL_S3": dead}
     data_uri = s3.uri("datasets")
     args = _tiny_run_args(data_uri, s3.uri("runs", "x"), str(ledger_path), tmp_path / "cache")

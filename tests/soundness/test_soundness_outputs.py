@@ -14,67 +14,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tdpdm_test_support import tiny_run_overrides
 
 from tdpdm.config import load_config
 from tdpdm.data.errors import DataError
 from tdpdm.pipeline import run_pipeline
-from tdpdm.privacy import randomness
 from tdpdm.privacy.ledger import Ledger
 from tdpdm.stages.artifacts import RunLayout, release_listing
 
 GENERATOR_STATE_BYTES = 5056  # torch's CPU (mt19937) generator state
 
 
-def _datasets() -> Path:
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    root = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-    if not (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real data sets not found at {root}")
-    return root
+def _overrides(root: Path, data_dir: Path) -> dict:
+    return tiny_run_overrides(
+        root,
+        data_dir,
+        "private",
+        subset=None,
+        seed=0,
+        settings={"stage2.epochs": 2, "stage2.batch_size": 128, "evaluation.synthetic_count": 100},
+    )
 
 
-def _overrides(root: Path, data_dir: Path, mode: str, subset: int = 600) -> dict:
-    return {
-        "mode": mode,
-        "dataset": "mnist",
-        "data_dir": str(data_dir),
-        "epsilon": 10.0,
-        "subset": subset,
-        "seed": 0,
-        "out": str(root / "out"),
-        "ledger": str(root / "ledger.json"),
-        "cache_dir": str(root / "cache"),
-        "progress": False,
-        "stage1.epochs": 1,
-        "stage2.epochs": 2,
-        "stage2.batch_size": 128,
-        "evaluation.synthetic_count": 100,
-        "distributed.backend": "local",
-    }
-
-
-@pytest.fixture(scope="module")
-def private_run(tmp_path_factory):
-    """One tiny private-mode run, recording every mechanism key drawn (values stay in memory)."""
-    root = tmp_path_factory.mktemp("soundness-private")
-    drawn: list[tuple[str, int]] = []
-    real = randomness._entropy
-
-    def recording(purpose: str) -> int:
-        key = real(purpose)
-        drawn.append((purpose, key))
-        return key
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(randomness, "_entropy", recording)
-        result = run_pipeline(
-            load_config(None, _overrides(root, _datasets(), "private")), log=print
-        )
-    return result, drawn
+# `private_run` (tests/conftest.py): the tiny private run tests/pipeline reads too, every
+# mechanism key it drew recorded (values stay in memory).
 
 
 def test_each_mechanism_draws_its_own_key(private_run):
-    _, drawn = private_run
+    drawn = private_run.drawn
     purposes = [p for p, _ in drawn]
     for needed in ("subset", "stage1-dpsgd", "stage2-dpsgd", "latents-order"):
         assert needed in purposes
@@ -83,8 +50,7 @@ def test_each_mechanism_draws_its_own_key(private_run):
 
 
 def test_outputs_are_split_into_release_and_custodian(private_run):
-    result, _ = private_run
-    out = Path(result.out)
+    out = private_run.out
     assert sorted(os.listdir(out)) == ["custodian", "release"]
     release = out / "release"
     written = {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()}
@@ -101,8 +67,7 @@ def test_outputs_are_split_into_release_and_custodian(private_run):
 
 def test_no_generator_state_in_the_release(private_run):
     """Finding 2: DP-SGD checkpoints (every rank's noise and sampler state) sat in <out>/ray."""
-    result, _ = private_run
-    for path in Path(result.out, "release").rglob("*.pt"):
+    for path in private_run.release.rglob("*.pt"):
         state = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
         assert isinstance(state, dict)
         for name, value in state.items():
@@ -113,8 +78,7 @@ def test_no_generator_state_in_the_release(private_run):
 
 def test_release_report_carries_nothing_unnoised(private_run):
     """Finding 5 and 8: no loss, no metric read from real data in the release report."""
-    result, _ = private_run
-    layout = RunLayout(result.out)
+    layout = RunLayout(str(private_run.out))
     text = Path(layout.release("report.json")).read_text()
     report = json.loads(text)
     assert set(report["metrics"].values()) == {None}
@@ -170,12 +134,11 @@ def _bad_label_data(root: Path, data_dir: Path) -> Path:
     return root / "bad"
 
 
-def test_a_failure_after_reading_is_charged_its_full_plan(tmp_path):
+def test_a_failure_after_reading_is_charged_its_full_plan(tmp_path, shared_datasets):
     """Finding 6: load_split raised on bad labels after reading everything, and the charge was
     cancelled as 'failed before reading any record' (a refund after a read)."""
-    data_dir = _bad_label_data(tmp_path, _datasets())
-    overrides = _overrides(tmp_path, data_dir, "private", subset=None) | {"subset": None}
-    cfg = load_config(None, overrides)
+    data_dir = _bad_label_data(tmp_path, shared_datasets)
+    cfg = load_config(None, _overrides(tmp_path, data_dir))
     with pytest.raises(DataError) as raised:
         run_pipeline(cfg, log=lambda m: None)
     message = str(raised.value)

@@ -3,11 +3,9 @@ recorded release drawn from its secret key, and a real pipeline run with it."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
+from tdpdm_test_support import tiny_run_overrides
 
 from tdpdm.privacy.events import GaussianEvent
 from tdpdm.privacy.randomness import MechanismKey
@@ -84,30 +82,20 @@ def test_one_release_recorded_and_noise_from_the_key():
     assert abs(np.std(a - clean) - 2.0) < 0.2  # the planned noise std (multiplier x 1)
 
 
-def test_a_private_run_with_dp_moments(tmp_path):
+def test_a_private_run_with_dp_moments(tmp_path, shared_datasets):
     """A real tiny run: the plan spends stage 1 + one moments release, within the target."""
     from tdpdm.config import load_config
     from tdpdm.pipeline import run_pipeline
 
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    data = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-    if not (data / "mnist" / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real data sets not found at {data}")
-    cfg = load_config(
-        None,
-        {
-            "data_dir": str(data),
-            "subset": 800,
-            "out": str(tmp_path / "out"),
-            "ledger": str(tmp_path / "ledger.json"),
-            "cache_dir": str(tmp_path / "cache"),
-            "progress": False,
-            "stage1.epochs": 1,
-            "stage2.private_model": "dp-moments",
-            "evaluation.synthetic_count": 100,
-            "distributed.backend": "local",
-        },
+    overrides = tiny_run_overrides(
+        tmp_path,
+        shared_datasets,
+        "private",
+        subset=800,
+        seed=0,
+        settings={"stage2.private_model": "dp-moments", "evaluation.synthetic_count": 100},
     )
+    cfg = load_config(None, overrides)
     report = run_pipeline(cfg, log=lambda m: None).report
     stages = [e["stage"] for e in report["privacy"]["events"]]
     assert stages == ["encoder", MOMENTS_STAGE]

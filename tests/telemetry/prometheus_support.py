@@ -7,9 +7,7 @@ files can import the `PrometheusServer` type without importing conftest.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,25 +20,14 @@ from typing import Any
 
 import pytest
 import yaml
+from tdpdm_test_support import free_port, require_tool
 
 STARTUP_TIMEOUT_S = 30.0
 
 
 def require_binary(name: str) -> str:
     """Path of a binary from Debian's prometheus package; skip locally, fail under CI."""
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"{name} not found: run scripts/setup_tools.sh (apt-get install prometheus)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return require_tool(shutil.which(name), name, "apt-get install prometheus")
 
 
 @dataclass

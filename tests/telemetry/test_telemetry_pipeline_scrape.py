@@ -23,29 +23,17 @@ from typing import Any
 
 import pytest
 from prometheus_support import PrometheusServer, require_binary
+from tdpdm_test_support import require_shared_datasets
 
 from tdpdm.privacy.ledger import Ledger
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 540.0  # the pipeline, start to success scraped (about 260 s on 2 busy CPUs)
 LINGER_S = 8  # seconds the driver keeps serving metrics after the run
 EXIT_TIMEOUT_S = 60.0  # after success is seen: linger plus shutdown
 BUDGET_EPSILON = 5.0
 REL = 1e-6
-
-
-def shared_datasets_root() -> Path:
-    """../shared/datasets next to the repository, or $TDPDM_SHARED_DATASETS."""
-    env = os.environ.get("TDPDM_SHARED_DATASETS")
-    root = Path(env) if env else REPO.parent / "shared" / "datasets"
-    if not (root / "mnist" / "train-images-idx3-ubyte.gz").is_file():
-        message = f"real MNIST not found at {root} (set TDPDM_SHARED_DATASETS)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return root
 
 
 def tdpdm_command() -> list[str]:
@@ -151,7 +139,7 @@ def test_prometheus_scrapes_epsilon_spent_of_a_real_pipeline_run(
     tmp_path: Path,
 ) -> None:
     require_binary("prometheus")  # under CI a missing binary fails here, before the long run
-    data_dir = shared_datasets_root()
+    data_dir = require_shared_datasets(fail_under_ci=True)
     ledger_path = tmp_path / "ledger.json"
     out_dir = tmp_path / "out"
 
@@ -186,6 +174,8 @@ def test_prometheus_scrapes_epsilon_spent_of_a_real_pipeline_run(
         # Metrics of the synthetic data are not what this test is about; evaluation would
         # train a classifier on 60k real images and triple the runtime.
         "evaluation.enabled=false",
+        # Not a test of Ray (tests/distributed is): starting a local Ray costs 10-20 s.
+        "distributed.backend=local",
     ]
     run = start_pipeline(
         [

@@ -4,7 +4,6 @@ ledger's figures, every query of the shipped dashboard, and the chart's alert ru
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_support import PrometheusServer
+from tdpdm_test_support import helm_env, helm_path
 
 from tdpdm.telemetry import PrometheusTelemetry
 
@@ -113,15 +113,9 @@ def test_every_dashboard_query_shows_the_exporters_data(
 
 def render_alert_rules(tmp_path: Path) -> Path:
     """The chart's PrometheusRule, rendered by the real helm, as a plain rules file."""
-    helm = os.environ.get("TDPDM_HELM") or str(REPO / ".tools" / "bin" / "helm")
-    if not os.access(helm, os.X_OK):
-        message = "helm not found: run scripts/setup_tools.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
     proc = subprocess.run(
         [
-            helm,
+            helm_path(),
             "template",
             "tdpdm",
             str(REPO / "helm" / "tdpdm"),
@@ -136,11 +130,7 @@ def render_alert_rules(tmp_path: Path) -> Path:
         capture_output=True,
         text=True,
         timeout=60,
-        env={
-            **os.environ,
-            "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
-            "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
-        },
+        env=helm_env(tmp_path / "helm"),
     )
     assert proc.returncode == 0, proc.stderr
     (rule,) = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "PrometheusRule"]

@@ -1,12 +1,17 @@
-"""Kill a ledger writer at random moments and check what it leaves behind.
+"""Real processes against one ledger (a local file or an S3 object), shared by tests/privacy and
+tests/s3.
 
-Run as a script this module is a *zygote*: it imports the ledger once, then forks one *hammer*
-per `go <seed>` line on stdin, so that each kill costs a fork rather than a Python start-up. A
-hammer changes the ledger as fast as it can (reserve, record, settle, cancel, resume, raise the
-budget: every kind of write) and announces each change only after `transact` returned, with one
-atomic `os.write` per line. The driver (`kill_loop`) SIGKILLs the hammer at a random moment, then
-checks that the ledger is readable, well formed, within budget, and holds every announced change
-(durability), before the next hammer resumes on the same ledger.
+Racing writers (`race_reservations`): `RACERS` processes reserve on one ledger at the same moment;
+every plan fits the budget alone, only `k` of them fit together. Whatever the interleaving, the
+ledger must grant exactly `k`, keep every granted charge (no lost update) and never overspend.
+
+Killed writers (`kill_loop`): run as a script this module is a *zygote*: it imports the ledger
+once, then forks one *hammer* per `go <seed>` line on stdin, so that each kill costs a fork rather
+than a Python start-up. A hammer changes the ledger as fast as it can (reserve, record, settle,
+cancel, resume, raise the budget: every kind of write) and announces each change only after
+`transact` returned, with one atomic `os.write` per line. The driver SIGKILLs the hammer at a
+random moment, then checks that the ledger is readable, well formed, within budget, and holds
+every announced change (durability), before the next hammer resumes on the same ledger.
 """
 
 from __future__ import annotations
@@ -29,6 +34,117 @@ PLAN_STEPS = 100
 RECORD_STEPS = 5
 SIGMA, RATE = 2.0, 0.01
 HAMMER_LIFETIME_S = 60.0  # a hammer nobody kills (driver died) exits on its own
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _child_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this checkout first on PYTHONPATH: the children import this `tdpdm`."""
+    path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return dict(env, PYTHONPATH=path)
+
+
+# -- racing writers ---------------------------------------------------------------------------
+
+RACE_BUDGET = 9.0
+RACE_SIGMA = 1.0
+RACERS = 8
+_RACER = r"""
+import os, sys, time
+location, start, ready, index, sigma = sys.argv[1:6]
+from tdpdm.privacy.events import GaussianEvent
+from tdpdm.privacy.ledger import BudgetExceededError, Ledger
+ledger = Ledger(location)
+ledger.budget("mnist")  # store opened (an S3 client connected) before the start signal
+open(ready, "w").close()
+deadline = time.monotonic() + 120
+while not os.path.exists(start):
+    if time.monotonic() > deadline:
+        print("NOSTART", flush=True)
+        sys.exit(4)
+    time.sleep(0.001)
+try:
+    charge = ledger.reserve("mnist", f"job-{index}", [GaussianEvent(float(sigma), 1, "race")])
+except BudgetExceededError as err:
+    print("REFUSED", err, flush=True)
+else:
+    print("OK", charge.charge_id, flush=True)
+"""
+
+
+def _wait_for(paths: list[Path], procs: list[subprocess.Popen], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise AssertionError(f"a racer exited early: {dead[0].communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("racers did not get ready in time")
+        time.sleep(0.01)
+
+
+def race_reservations(location: str, env: dict[str, str], workdir: Path) -> list[str]:
+    """Set a budget of `RACE_BUDGET` on `location`, release `RACERS` processes (each reserving
+    one Gaussian of `RACE_SIGMA`) at once, and check the outcome: exactly the `k` that fit are
+    granted, the others refused before reading anything, every grant kept, nothing else, and
+    the spend is the composition of `k`. Returns the granted charge ids."""
+    from tdpdm.privacy.accountant import compute_epsilon
+    from tdpdm.privacy.events import GaussianEvent
+    from tdpdm.privacy.ledger import Ledger
+
+    Ledger(location).set_budget("mnist", RACE_BUDGET, DELTA, "add_remove")
+    one = [GaussianEvent(RACE_SIGMA, 1, "race")]
+    composed = [compute_epsilon(one * j, DELTA, "add_remove").epsilon for j in range(1, 9)]
+    k = sum(1 for e in composed if e <= RACE_BUDGET)
+    # Preconditions: each fits alone, not all fit, and the boundary is not a rounding call.
+    assert composed[0] < RACE_BUDGET and 1 < k < RACERS
+    assert composed[k - 1] < RACE_BUDGET - 0.1 < RACE_BUDGET + 0.1 < composed[k]
+
+    start = workdir / "start"
+    ready = [workdir / f"ready-{i}" for i in range(RACERS)]
+    argv = [sys.executable, "-c", _RACER, location, str(start)]
+    procs = [
+        subprocess.Popen(
+            [*argv, str(ready[i]), str(i), str(RACE_SIGMA)],
+            cwd=REPO,
+            env=_child_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(RACERS)
+    ]
+    try:
+        _wait_for(ready, procs, timeout=180)
+        start.touch()  # all racers are imported and polling: release them together
+        results = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    outputs = []
+    for p, (out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+        outputs.append(out.strip())
+    granted = [o.split()[1] for o in outputs if o.startswith("OK ")]
+    refused = [o for o in outputs if o.startswith("REFUSED ")]
+    assert len(granted) + len(refused) == RACERS, outputs
+    assert len(granted) == k, outputs
+    assert all("no record was read" in r for r in refused)
+
+    ledger = Ledger(location)
+    charges = ledger.charges("mnist")
+    open_ids = sorted(c.charge_id for c in charges if c.status == "open")
+    assert open_ids == sorted(granted)  # every grant persisted, nothing else
+    assert len({c.job_id for c in charges}) == len(charges)
+    spent = ledger.spent("mnist").epsilon
+    assert spent <= RACE_BUDGET
+    assert abs(spent - composed[k - 1]) <= 1e-9, (spent, composed[k - 1])
+    return granted
+
+
+# -- killed writers ---------------------------------------------------------------------------
 
 
 def _say(line: str) -> None:
@@ -195,17 +311,14 @@ def kill_loop(
 ) -> KillStats:
     """Fork, wait a random time, SIGKILL, check; `iterations` times or until the time is up."""
     rng = random.Random(seed)
-    repo = Path(__file__).resolve().parents[2]
-    path = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    full_env = dict(env, PYTHONPATH=path)
     proc = subprocess.Popen(
         [sys.executable, __file__, location],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=full_env,
-        cwd=repo,
+        env=_child_env(env),
+        cwd=REPO,
         start_new_session=True,
     )
     lines: queue.Queue[str] = queue.Queue()

@@ -36,3 +36,9 @@ STAGE1_MECHANISMS: tuple[str, ...] = get_args(Stage1Mechanism)
 RELEASED_MODELS: tuple[str, ...] = get_args(ReleasedModel)
 PRIVATE_MODELS: tuple[str, ...] = get_args(PrivateModel)
 ADJACENCIES: tuple[str, ...] = get_args(Adjacency)
+
+ADJACENCY_WORDS: dict[str, str] = {
+    "add_remove": "adding or removing one record",
+    "replace_one": "replacing one record's value (the number of records is public)",
+}
+"""What "one record changes" means under each relation: the one wording every report uses."""

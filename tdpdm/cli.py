@@ -12,6 +12,7 @@ from typing import Any
 
 from tdpdm import __version__
 from tdpdm.choices import ADJACENCIES, DATASETS, MODES, STAGE1_MECHANISMS
+from tdpdm.report.text import epsilon_text
 
 EXIT_USER_ERROR = 2
 EXIT_REFUSED = 3
@@ -198,7 +199,7 @@ def _cmd_budget(args: argparse.Namespace) -> int:
     # Spent rounded up and remaining down: a printed budget must never look more generous.
     remaining = max(0.0, budget.epsilon - spent.epsilon)
     print(
-        f"  spent epsilon {math.ceil(spent.epsilon * 1000 - 1e-9) / 1000:.3f} "
+        f"  spent epsilon {epsilon_text(spent.epsilon)} "
         f"({spent.accountant}); remaining {math.floor(remaining * 1000 + 1e-9) / 1000:.3f}"
     )
     from tdpdm.privacy.ledger import describe_events
@@ -328,7 +329,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     a = result.audit
     print(a["verdict"])
     print(
-        f"claimed epsilon {a['claimed']['epsilon']:.3f} (upper bound, delta "
+        f"claimed epsilon {epsilon_text(a['claimed']['epsilon'])} (upper bound, delta "
         f"{a['claimed']['delta']:g}, {a['claimed']['adjacency']}); audited lower bound "
         f"{result.lower_bound:.3f} at {100 * args.confidence:g} % confidence; attack AUC "
         f"{a['attack']['auc']:.3f}, TPR at FPR 1 % {a['attack']['tpr_at_fpr']['0.01']:.3f}"

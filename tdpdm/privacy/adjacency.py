@@ -6,6 +6,8 @@ from enum import Enum
 
 from dp_accounting import NeighboringRelation
 
+from tdpdm.choices import ADJACENCY_WORDS
+
 
 class Adjacency(str, Enum):
     """`add_remove`: one record added or removed. `replace_one`: one record's value replaced,
@@ -29,6 +31,4 @@ class Adjacency(str, Enum):
         return NeighboringRelation.REPLACE_ONE
 
     def in_words(self) -> str:
-        if self is Adjacency.ADD_REMOVE:
-            return "adding or removing one record"
-        return "replacing one record's value (the number of records is public)"
+        return ADJACENCY_WORDS[self.value]

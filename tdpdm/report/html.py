@@ -21,14 +21,10 @@ from typing import Any
 
 import jinja2
 
+from tdpdm.choices import ADJACENCY_WORDS
 from tdpdm.report.schema import METRIC_KEYS, atomic_write_text, validate_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-ADJACENCY_WORDS = {
-    "add_remove": "adding or removing one record",
-    "replace_one": "replacing one record's value, with the number of records public",
-}
 
 MODE_WORDS = {
     "private": (

@@ -114,7 +114,7 @@ def test_replace_one_is_stated_in_words(good_report: dict[str, Any], grid_png: b
     good_report["mode"] = "released"
     good_report["privacy"]["adjacency"] = "replace_one"
     page = _parse(render_report_html(good_report, grid_png=grid_png))
-    assert "replacing one record's value, with the number of records public" in _squash(
+    assert "replacing one record's value (the number of records is public)" in _squash(
         page.text_by_id["adjacency"]
     )
 

@@ -142,14 +142,7 @@ def plan_trials(
         return TrialPlan(steps, t.reports, n_train, n_holdout)
 
     def segment(sigma: float) -> DPSGDPlan:
-        return DPSGDPlan.from_epochs(
-            TRIAL_STAGE,
-            n_records=n_train,
-            batch_size=s2.batch_size,
-            epochs=s2.epochs,
-            noise_multiplier=sigma,
-            max_grad_norm=s2.max_grad_norm,
-        )
+        return DPSGDPlan.for_section(TRIAL_STAGE, n_train, s2, sigma)
 
     probe = TrialPlan(segment(1.0).steps, t.reports, n_train, n_holdout, segment(1.0), 1.0)
     reports = len(probe.report_steps())

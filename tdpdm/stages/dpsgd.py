@@ -87,6 +87,20 @@ class DPSGDPlan:
         steps = max(1, math.ceil(epochs * n_records / batch_size))
         return cls(stage, noise_multiplier, rate, steps, max_grad_norm, batch_size)
 
+    @classmethod
+    def for_section(
+        cls, stage: str, n_records: int, section: Any, noise_multiplier: float
+    ) -> DPSGDPlan:
+        """The segment a config section describes (its batch_size, epochs, max_grad_norm)."""
+        return cls.from_epochs(
+            stage,
+            n_records=n_records,
+            batch_size=section.batch_size,
+            epochs=section.epochs,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=section.max_grad_norm,
+        )
+
     def event(self, steps: int | None = None) -> PoissonGaussianEvent:
         return PoissonGaussianEvent(
             noise_multiplier=self.noise_multiplier,

@@ -111,14 +111,7 @@ def plan_run(
     )
 
     def encoder(sigma: float) -> DPSGDPlan:
-        return DPSGDPlan.from_epochs(
-            encoder_stage,
-            n_records=n_records,
-            batch_size=s1.batch_size,
-            epochs=s1.epochs,
-            noise_multiplier=sigma,
-            max_grad_norm=s1.max_grad_norm,
-        )
+        return DPSGDPlan.for_section(encoder_stage, n_records, s1, sigma)
 
     share = 1.0 if encoder_only and cfg.mode == "private" else s1.epsilon_fraction
     sigma1 = calibrate_noise(lambda s: [encoder(s).event()], cfg.epsilon * share, delta, adjacency)

@@ -72,17 +72,8 @@ class LatentDiffusion:
     def plan(
         self, cfg: RunConfig, n_records: int, adjacency: Adjacency, delta: float, spent: list[Event]
     ) -> DPSGDPlan:
-        s2 = cfg.stage2
-
         def segment(sigma: float) -> DPSGDPlan:
-            return DPSGDPlan.from_epochs(
-                DIFFUSION,
-                n_records=n_records,
-                batch_size=s2.batch_size,
-                epochs=s2.epochs,
-                noise_multiplier=sigma,
-                max_grad_norm=s2.max_grad_norm,
-            )
+            return DPSGDPlan.for_section(DIFFUSION, n_records, cfg.stage2, sigma)
 
         sigma = calibrate_noise(
             lambda s: segment(s).events(), cfg.epsilon, delta, adjacency, fixed_events=spent

@@ -136,6 +136,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    """More records from a finished run's release: post-processing, no ledger, no real data."""
+    from tdpdm.stages.resample import PublishedRun, fresh_seed
+
+    run = PublishedRun.open(args.from_dir)
+    seed = fresh_seed() if args.seed is None else args.seed
+    out = args.out or run.default_output(args.n, seed)
+    images, labels = run.sample(args.n, seed=seed, device=args.device, progress=False)
+    run.write(out, images, labels, seed=seed)
+    print(f"{len(labels)} synthetic records (seed {seed}) from run {run.report['run_id']}: {out}")
+    print(f"guarantee (unchanged, sampling is post-processing): {run.guarantee['statement']}")
+    return 0
+
+
 def _print_outputs(layout) -> None:
     """Where the release (publishable) and custodian (never publish) parts are."""
     print(f"release (covered by the guarantee): {layout.release()}")
@@ -273,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
                 help="the --out folder of a finished `tdpdm encode`",
             )
         p.set_defaults(func=_cmd_stage, stage=name)
+
+    sample = sub.add_parser(
+        "sample", help="draw more synthetic records from a finished run's release (no privacy cost)"
+    )
+    sample.add_argument("--from", dest="from_dir", required=True, help="a finished run's --out")
+    sample.add_argument("--n", type=int, required=True, help="number of records to draw")
+    sample.add_argument("--out", help="Parquet file (default: RUN/release/more/...parquet)")
+    sample.add_argument("--seed", type=int, help="public sampler seed (default: a fresh one)")
+    sample.add_argument("--device", default="cpu")
+    sample.set_defaults(func=_cmd_sample)
 
     budget = sub.add_parser("budget", help="show or set a data set's privacy budget")
     budget.add_argument("action", choices=["show", "set"])

@@ -114,15 +114,29 @@ def save_model(model: torch.nn.Module, uri: str) -> None:
 
 def load_model_state(uri: str, model: torch.nn.Module) -> None:
     """Load a checkpoint into `model`; a damaged or foreign file fails in one short line."""
+    state = read_state_dict(uri)
+    try:
+        model.load_state_dict(state)
+    except Exception as err:
+        raise _unreadable(uri, err) from None
+
+
+def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
+    """A saved `state_dict`, read as data only (a checkpoint is untrusted input and must not
+    run pickled code); a damaged file fails in one short line."""
     raw = storage.read_bytes(uri)
     try:
-        # weights_only: a checkpoint is untrusted input and must not run pickled code.
-        model.load_state_dict(torch.load(io.BytesIO(raw), weights_only=True))
+        state = torch.load(io.BytesIO(raw), weights_only=True)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise ValueError(
-            f"{storage.redact(uri)}: not a readable checkpoint for this model ({first})"
-        ) from None
+        raise _unreadable(uri, err) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{storage.redact(uri)}: not a readable checkpoint (not a state dict)")
+    return state
+
+
+def _unreadable(uri: str, err: Exception) -> ValueError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+    return ValueError(f"{storage.redact(uri)}: not a readable checkpoint for this model ({first})")
 
 
 def write_manifest(uri: str, manifest: dict[str, Any]) -> None:

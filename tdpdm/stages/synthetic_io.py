@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from tdpdm.data import storage
@@ -35,7 +36,10 @@ def write_synthetic(
     *,
     class_names: list[str],
     guarantee: dict[str, Any],
+    extra: dict[bytes, Any] | None = None,
 ) -> None:
+    """`extra`: more JSON schema metadata (e.g. `tdpdm sample`'s provenance), beside the
+    Hugging Face features and the `tdpdm` guarantee, which it cannot replace."""
     if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels):
         raise ValueError(f"bad synthetic arrays: images {images.shape} {images.dtype}")
     pngs = [png_bytes(img) for img in images]
@@ -52,7 +56,8 @@ def write_synthetic(
         "image": {"_type": "Image"},
         "label": {"_type": "ClassLabel", "names": list(class_names)},
     }
-    write_table(uri, table, {b"huggingface": {"info": {"features": features}}, b"tdpdm": guarantee})
+    metadata = {b"huggingface": {"info": {"features": features}}, b"tdpdm": guarantee}
+    write_table(uri, table, {**(extra or {}), **metadata})
 
 
 def read_synthetic(uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -110,10 +115,22 @@ def _decode(blob: bytes | None, source: str, row: int) -> np.ndarray:
         raise DataError(f"{source}: row {row} is not a readable image ({err})") from None
 
 
-def _class_names(table: pa.Table) -> list[str]:
-    """ClassLabel names from the Hugging Face features metadata, [] when absent or odd."""
+def synthetic_class_names(uri: str) -> list[str]:
+    """The ClassLabel names a synthetic file declares ([] when it declares none), read from its
+    Parquet footer only: no image is decoded."""
+    raw = storage.read_bytes(uri)
     try:
-        info = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}"))
+        schema = pq.read_schema(io.BytesIO(raw))
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{storage.redact(uri)}: not a readable Parquet file ({err})") from None
+    return _class_names(schema)
+
+
+def _class_names(table: pa.Table | pa.Schema) -> list[str]:
+    """ClassLabel names from the Hugging Face features metadata, [] when absent or odd."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    try:
+        info = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
         names = info["info"]["features"]["label"]["names"]
     except (ValueError, KeyError, TypeError, RecursionError):
         return []

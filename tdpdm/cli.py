@@ -122,13 +122,14 @@ class _UserError(ValueError):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from tdpdm.api import Synthesizer
     from tdpdm.config import load_config
-    from tdpdm.pipeline import describe, run_pipeline
+    from tdpdm.pipeline import describe
 
     cfg = load_config(args.config, _overrides(args))
     _maybe_serve_metrics(cfg.metrics_port)
     try:
-        result = run_pipeline(cfg, log=_log)
+        result = Synthesizer.from_config(cfg, log=_log).fit().result
     finally:
         _linger(cfg.metrics_port, args.metrics_linger_s)
     print(describe(result.report))

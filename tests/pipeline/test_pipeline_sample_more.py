@@ -106,3 +106,44 @@ def test_sampling_is_repeatable_by_its_public_seed(finished_run: FinishedRun) ->
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="positive integer"):
             run.sample(bad, seed=1)
+
+
+def test_synthesizer_load_sample_save_and_hf_layout(
+    finished_run: FinishedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tdpdm
+
+    ledger_before = finished_run.ledger.read_bytes()
+    synth = tdpdm.Synthesizer.load(finished_run.out, log=None)
+    assert synth.report == finished_run.report()
+    assert synth.epsilon == finished_run.report()["privacy"]["epsilon"]
+    assert synth.guarantee == finished_run.report()["privacy"]["statement"]
+    images, labels = synth.sample(40, seed=1)
+    assert images.shape == (40, 28, 28) and set(np.unique(labels)) <= set(range(10))
+
+    saved = synth.save(tmp_path / "saved")
+    assert sorted(p.name for p in Path(saved).iterdir()) == sorted(
+        p.name for p in finished_run.release.iterdir()
+    )
+    again = tdpdm.Synthesizer.load(saved, log=None)
+    assert np.array_equal(again.sample(40, seed=1)[0], images)
+
+    path = again.to_parquet(tmp_path / "hf" / "part-0.parquet", n=40, seed=2)
+    own = again.to_parquet(tmp_path / "own.parquet")
+    assert (
+        Path(own).read_bytes() == (finished_run.release / "synthetic/part-0.parquet").read_bytes()
+    )
+    assert finished_run.ledger.read_bytes() == ledger_before
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    import datasets
+
+    ds = datasets.load_dataset(
+        "parquet", data_files=path, split="train", cache_dir=str(tmp_path / "hf-cache")
+    )
+    assert len(ds) == 40
+    assert ds.features["image"] == datasets.Image()
+    assert ds.features["label"].names == [str(i) for i in range(10)]
+    assert ds[0]["image"].size == (28, 28)

@@ -1,0 +1,102 @@
+"""`tdpdm.Synthesizer` and `tdpdm sample` on bad input: clear one-line errors, raised before
+anything runs or is read (no data set, no ledger needed). The end-to-end uses are in
+tests/pipeline/test_pipeline_sample_more.py and tests/api/test_api_readme.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tdpdm
+from tdpdm.cli import main
+from tdpdm.config import ConfigError
+from tdpdm.stages.resample import load_stage2
+
+
+def test_import_tdpdm_stays_light() -> None:
+    """`import tdpdm` loads neither torch nor the pipeline; `tdpdm.Synthesizer` loads them."""
+    code = (
+        "import sys, tdpdm; assert 'torch' not in sys.modules, 'torch'; "
+        "assert 'tdpdm.pipeline' not in sys.modules; tdpdm.Synthesizer; "
+        "assert 'tdpdm.pipeline' in sys.modules; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
+    with pytest.raises(AttributeError):
+        _ = tdpdm.NoSuchThing
+
+
+def test_config_keys_are_checked_in_the_constructor(tmp_path: Path) -> None:
+    synth = tdpdm.Synthesizer(
+        epsilon=3,
+        ledger=tmp_path / "ledger.json",
+        out=tmp_path / "out",
+        stage2={"epochs": 2},
+        stage1__width=16,
+        settings={"evaluation.synthetic_count": 100},
+        log=None,
+    )
+    cfg = synth.cfg
+    assert (cfg.epsilon, cfg.stage2.epochs, cfg.stage1.width) == (3, 2, 16)
+    assert cfg.evaluation.synthetic_count == 100
+    assert cfg.ledger == str(tmp_path / "ledger.json")
+    with pytest.raises(ConfigError, match=r"stage2\.epochz"):
+        tdpdm.Synthesizer(stage2__epochz=3)
+    with pytest.raises(ConfigError, match="epsilon"):
+        tdpdm.Synthesizer(epsilon=-1)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (np.zeros((4, 28, 28), np.uint8), "ndarray"),
+        (torch.zeros(4, 28, 28), "Tensor"),
+        ("cifar-10", "not a built-in data set"),
+    ],
+)
+def test_fit_refuses_inputs_it_cannot_read_before_running(data, words, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.json"
+    synth = tdpdm.Synthesizer(ledger=ledger, out=tmp_path / "out", log=None)
+    with pytest.raises(TypeError, match=words) as err:
+        synth.fit(data)
+    assert "\n" not in str(err.value)
+    assert not ledger.exists() and not (tmp_path / "out").exists()
+
+
+def test_sampling_before_fit_is_a_clear_error() -> None:
+    synth = tdpdm.Synthesizer(log=None)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        synth.sample(10)
+    assert "not fitted" in repr(synth)
+
+
+def test_sample_cli_on_a_folder_that_is_no_run(tmp_path: Path, capsys) -> None:
+    assert main(["sample", "--from", str(tmp_path), "--n", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a finished tdpdm run" in err
+
+
+def test_sample_cli_on_a_damaged_release(tmp_path: Path, capsys) -> None:
+    """A release whose decoder file is not a checkpoint: one line naming the file."""
+    release = tmp_path / "release"
+    (release / "models").mkdir(parents=True)
+    (release / "report.json").write_text(
+        '{"run_id": "r", "dataset": "mnist", "config": {}, "privacy": {}}'
+    )
+    (release / "models" / "autoencoder.pt").write_bytes(b"not a checkpoint")
+    assert main(["sample", "--from", str(tmp_path), "--n", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "autoencoder.pt" in err and "not a readable checkpoint" in err and "\n" not in err
+
+
+def test_stage2_weights_of_unknown_shape_fail_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "diffusion.pt"
+    torch.save({"something": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match="not a readable stage-2 model") as err:
+        load_stage2(str(path))
+    assert "\n" not in str(err.value)

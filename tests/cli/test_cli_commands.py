@@ -292,7 +292,7 @@ def test_console_script_help() -> None:
         [str(script), "--help"], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    for command in ("run", "encode", "diffuse", "budget", "evaluate"):
+    for command in ("run", "encode", "diffuse", "sample", "budget", "evaluate"):
         assert command in done.stdout
     version = subprocess.run(
         [str(script), "--version"], capture_output=True, text=True, timeout=120, check=False

@@ -20,6 +20,7 @@ from tdpdm.stages import lipschitz_release
 from tdpdm.stages.artifacts import RunLayout
 from tdpdm.stages.latents_io import read_latents
 from tdpdm.stages.lipschitz_release import label_length
+from tdpdm.stages.synthetic_io import read_synthetic
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -132,6 +133,10 @@ def test_lipschitz_run_local(tmp_path, data_root, observed_ratios, capsys) -> No
     report = _check_run(tmp_path, observed_ratios, capsys.readouterr().out)
     (encoder,) = [s for s in report["stages"] if s["name"] == "encoder"]
     assert encoder["details"]["backend"] == "local"
+    # `tdpdm sample` rebuilds the VAE's decoder from the release alone (issue 15).
+    more = tmp_path / "more.parquet"
+    assert main(["sample", "--from", str(tmp_path / "out"), "--n", "20", "--out", str(more)]) == 0
+    assert read_synthetic(str(more))[0].shape == (20, 28, 28)
 
 
 RELEASE_FILES = {

@@ -14,11 +14,9 @@ guarantee covers, `custodian/` everything else.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +28,9 @@ from tdpdm.config import RunConfig
 from tdpdm.data import storage
 from tdpdm.data.loader import load_split
 from tdpdm.data.private import PrivateTrainingSet
+from tdpdm.distributed.backend import ray_for as _ray_for
+from tdpdm.distributed.backend import require_backend as _require_backend
+from tdpdm.distributed.backend import trainer as _trainer
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import Event, event_from_dict, event_to_dict
 from tdpdm.privacy.randomness import MechanismKey
@@ -51,7 +52,7 @@ from tdpdm.stages.context import Log, RunContext, charged
 from tdpdm.stages.latents_io import read_latents
 from tdpdm.stages.plan import plan_run
 from tdpdm.stages.sample import generate
-from tdpdm.stages.stage1_mechanisms import STAGE1_MECHANISMS, Trainer, run_stage1, train_locally
+from tdpdm.stages.stage1_mechanisms import STAGE1_MECHANISMS, run_stage1
 from tdpdm.stages.stage2_models import Stage2Input, stage2_model
 from tdpdm.stages.synthetic_io import write_synthetic
 from tdpdm.telemetry import Telemetry
@@ -319,45 +320,6 @@ def _publish(
     return RunResult(cfg.out, custodian)
 
 
-def _trainer(cfg: RunConfig) -> Trainer:
-    """Where stage 1's DP-SGD runs: in this process, or on a Ray Train worker group."""
-    return _train_on_ray if cfg.distributed.backend == "ray" else train_locally
-
-
-def _train_on_ray(ctx, factory, tensors, loss_fn, plan, session, key):
-    """The `Trainer` on Ray Train (a local Ray unless an address is set). The records, opened
-    under this job's charge, go to Ray's object store; the steps of the final checkpoint are
-    charged on `session`. Checkpoints (secret generator state) go to the custodian's work area
-    and are deleted when the run succeeds."""
-    from tdpdm.distributed.stage1_train import train_dpsgd_on_ray
-
-    cfg = ctx.cfg
-    d = cfg.distributed
-    if cfg.device.startswith("cuda") and not d.use_gpu:
-        ctx.log("note: device is cuda but distributed.use_gpu is false: Ray workers use CPUs")
-    torch.manual_seed(cfg.seed)  # public initial weights, the same on every worker
-    outcome = train_dpsgd_on_ray(
-        factory,
-        tensors,
-        loss_fn,
-        plan,
-        session,
-        cfg=d,
-        storage_path=d.storage_path or storage.join(ctx.layout.work, "ray"),
-        lr=cfg.stage1.lr,
-        key=key,
-        grad_sample_mode=cfg.stage1.grad_sample_mode,
-        progress=cfg.progress,
-        # Unique: Ray Train resumes a run whose name it finds in storage, and a new charge must
-        # never continue another job's checkpoint.
-        run_name=f"{ctx.job_id}-stage1-{uuid.uuid4().hex[:6]}",
-    )
-    ctx.work_dirs.append(outcome.run_dir)
-    ctx.telemetry.step("encoder", outcome.steps, None, outcome.samples_per_second)
-    ctx.telemetry.stage(ctx.job_id, "encoder", 1.0)
-    return outcome.model, outcome.as_details()
-
-
 def _tuned_stage2(
     ctx: RunContext, latents_uri: str, stage1_events: list, n: int
 ) -> torch.nn.Module:
@@ -384,24 +346,6 @@ def _tuned_stage2(
     ctx.report_budget()
     save_model(outcome.denoiser, ctx.layout.diffusion)
     return outcome.denoiser
-
-
-def _require_backend(cfg: RunConfig) -> None:
-    """Refuse a Ray run where Ray is missing before planning or reserving anything."""
-    if cfg.distributed.backend == "ray":
-        from tdpdm.distributed.ray_runtime import import_ray
-
-        import_ray()
-
-
-def _ray_for(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
-    """One Ray for the whole job (stage 1's Train workers, stage 2's Tune trials) when the
-    backend is Ray: the embedded default starts a local one and stops it at the end."""
-    if cfg.distributed.backend != "ray":
-        return contextlib.nullcontext()
-    from tdpdm.distributed.ray_runtime import ray_session
-
-    return ray_session(cfg.distributed.address)
 
 
 def _evaluate(ctx: RunContext, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

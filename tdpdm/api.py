@@ -90,11 +90,11 @@ class Synthesizer:
         return synth
 
     @classmethod
-    def load(cls, run: str | Path, log: Log | None = print) -> Synthesizer:
+    def load(cls, run: str | Path, *, device: str = "cpu", log: Log | None = print) -> Synthesizer:
         """A finished run (its `--out` folder, or a published copy of `release/`), to draw
-        more records from. Reads the release part only."""
+        more records from on `device`. Reads the release part only."""
         published = PublishedRun.open(_text(run))
-        synth = cls.from_config(published.cfg, log)
+        synth = cls.from_config(published.cfg.replace(device=device), log)
         synth._published = published
         return synth
 

@@ -126,7 +126,8 @@ def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
     run pickled code); a damaged file fails in one short line."""
     raw = storage.read_bytes(uri)
     try:
-        state = torch.load(io.BytesIO(raw), weights_only=True)
+        # map_location: weights saved from a GPU run load on a machine without one.
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as err:
         raise _unreadable(uri, err) from None
     if not isinstance(state, dict):

@@ -75,7 +75,6 @@ class Synthesizer:
             **dict(settings or {}),
             **{k: v for k, v in given.items() if v is not None},
         }
-        self._config_file = config
         self._log: Log = log or (lambda message: None)
         self.cfg: RunConfig = load_config(config, self._overrides)
         self.result: RunResult | None = None
@@ -104,13 +103,11 @@ class Synthesizer:
         """Run the whole pipeline on `data` (charged on the ledger, refused before reading a
         record if the plan does not fit the budget). `data`: a built-in data set name
         (`"mnist"`, `"fashion-mnist"`) read from `data_dir`; None: the config's data set."""
-        overrides = dict(self._overrides)
-        if data is not None:
-            overrides |= _data_overrides(data)
+        changes = _data_overrides(data) if data is not None else {}
         if data_dir is not None:
-            overrides["data_dir"] = _text(data_dir)
-        if data is not None or data_dir is not None:
-            self.cfg = load_config(self._config_file, overrides)
+            changes["data_dir"] = _text(data_dir)
+        if changes:  # top-level keys: a checked copy of the config, the rest kept
+            self.cfg = self.cfg.replace(**changes)
         self._published = None
         self.result = run_pipeline(self.cfg, log=self._log)
         return self

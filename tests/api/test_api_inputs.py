@@ -100,3 +100,22 @@ def test_stage2_weights_of_unknown_shape_fail_in_one_line(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="not a readable stage-2 model") as err:
         load_stage2(str(path))
     assert "\n" not in str(err.value)
+
+
+def test_fit_keeps_the_config_and_changes_only_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fit("fashion-mnist", data_dir=...)` on a synthesizer built from a config (as `tdpdm
+    run` builds it) changes the data keys only; the pipeline gets that config."""
+    import tdpdm.api as api
+    from tdpdm.config import load_config
+
+    ran = []
+    monkeypatch.setattr(api, "run_pipeline", lambda cfg, log: ran.append(cfg) or "result")
+    cfg = load_config(None, {"epsilon": 2, "stage2.epochs": 3, "out": str(tmp_path / "o")})
+    synth = tdpdm.Synthesizer.from_config(cfg, log=None)
+    assert synth.fit("fashion-mnist", data_dir=tmp_path / "data") is synth
+    (used,) = ran
+    assert (used.dataset, used.data_dir) == ("fashion-mnist", str(tmp_path / "data"))
+    assert (used.epsilon, used.stage2.epochs, used.out) == (2, 3, str(tmp_path / "o"))
+    assert synth.result == "result"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from tdpdm.choices import DATASETS
 from tdpdm.config import RunConfig, load_config
@@ -142,13 +143,15 @@ class Synthesizer:
         return float(self.run.report["privacy"]["epsilon"])
 
     def sample(
-        self, n: int, seed: int | None = None, *, device: str | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, n: int, seed: int | None = None, *, device: str | None = None, table: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | pa.Table:
         """`n` synthetic records: (images uint8 (n, H, W), labels int64 (n,)), balanced over
-        the classes. Post-processing of the release: no privacy cost. `seed` (public) makes
-        the draw repeatable; None draws a fresh one."""
+        the classes; with `table`, a pyarrow Table in the Hugging Face layout of `to_parquet`
+        (`datasets.Dataset(table)` reads its features). Post-processing of the release: no
+        privacy cost. `seed` (public) makes the draw repeatable; None draws a fresh one."""
         seed = fresh_seed() if seed is None else seed
-        return self.run.sample(n, seed=seed, device=device or self.cfg.device)
+        images, labels = self.run.sample(n, seed=seed, device=device or self.cfg.device)
+        return self.run.table(images, labels, seed=seed) if table else (images, labels)
 
     def to_parquet(self, path: str | Path, n: int | None = None, seed: int | None = None) -> str:
         """Write a synthetic data set in the Hugging Face `datasets` Parquet layout (an

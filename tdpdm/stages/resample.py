@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from torch import nn
 
 from tdpdm import __version__
@@ -39,7 +40,7 @@ from tdpdm.stages.artifacts import (
 from tdpdm.stages.deconvolve import LatentMixture
 from tdpdm.stages.sample import generate
 from tdpdm.stages.stage1_mechanisms import STAGE1_MECHANISMS
-from tdpdm.stages.synthetic_io import synthetic_class_names, write_synthetic
+from tdpdm.stages.synthetic_io import synthetic_class_names, synthetic_table, write_synthetic
 
 SAMPLE_METADATA = b"tdpdm_sample"
 """Schema metadata key of a file drawn later: where from, how many, the public seed."""
@@ -117,21 +118,25 @@ class PublishedRun:
 
     def write(self, uri: str, images: np.ndarray, labels: np.ndarray, *, seed: int) -> None:
         """The run's own layout and `tdpdm` guarantee metadata, plus where the file came from."""
+        write_synthetic(uri, images, labels, **self._layout(len(labels), seed))
+
+    def table(self, images: np.ndarray, labels: np.ndarray, *, seed: int) -> pa.Table:
+        """What `write` writes, as an Arrow table (its schema metadata included)."""
+        return synthetic_table(images, labels, **self._layout(len(labels), seed))
+
+    def _layout(self, count: int, seed: int) -> dict[str, Any]:
         provenance = {
             "run_id": self.report["run_id"],
-            "count": len(labels),
+            "count": count,
             "seed": seed,
             "tdpdm_version": __version__,
             "note": "drawn later from the run's release: post-processing, no privacy cost",
         }
-        write_synthetic(
-            uri,
-            images,
-            labels,
-            class_names=self.class_names,
-            guarantee=self.guarantee,
-            extra={SAMPLE_METADATA: provenance},
-        )
+        return {
+            "class_names": self.class_names,
+            "guarantee": self.guarantee,
+            "extra": {SAMPLE_METADATA: provenance},
+        }
 
     def default_output(self, n: int, seed: int) -> str:
         return storage.join(self.release, "more", f"sample-seed{seed}-n{n}.parquet")

@@ -40,6 +40,20 @@ def write_synthetic(
 ) -> None:
     """`extra`: more JSON schema metadata (e.g. `tdpdm sample`'s provenance), beside the
     Hugging Face features and the `tdpdm` guarantee, which it cannot replace."""
+    table = synthetic_table(images, labels, class_names=class_names, guarantee=guarantee)
+    write_table(uri, table, _metadata(class_names, guarantee, extra))
+
+
+def synthetic_table(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    class_names: list[str],
+    guarantee: dict[str, Any],
+    extra: dict[bytes, Any] | None = None,
+) -> pa.Table:
+    """The synthetic records as the Arrow table `write_synthetic` writes, its schema metadata
+    included (`datasets.Dataset(table)` reads the features from it)."""
     if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels):
         raise ValueError(f"bad synthetic arrays: images {images.shape} {images.dtype}")
     pngs = [png_bytes(img) for img in images]
@@ -52,12 +66,19 @@ def write_synthetic(
             "label": pa.array(labels.astype(np.int64)),
         }
     )
+    metadata = _metadata(class_names, guarantee, extra)
+    return table.replace_schema_metadata({k: json.dumps(v) for k, v in metadata.items()})
+
+
+def _metadata(
+    class_names: list[str], guarantee: dict[str, Any], extra: dict[bytes, Any] | None
+) -> dict[bytes, Any]:
     features = {
         "image": {"_type": "Image"},
         "label": {"_type": "ClassLabel", "names": list(class_names)},
     }
     metadata = {b"huggingface": {"info": {"features": features}}, b"tdpdm": guarantee}
-    write_table(uri, table, {**(extra or {}), **metadata})
+    return {**(extra or {}), **metadata}
 
 
 def read_synthetic(uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

@@ -147,3 +147,10 @@ def test_synthesizer_load_sample_save_and_hf_layout(
     assert ds.features["image"] == datasets.Image()
     assert ds.features["label"].names == [str(i) for i in range(10)]
     assert ds[0]["image"].size == (28, 28)
+
+    table = again.sample(12, seed=2, table=True)
+    assert table.schema.metadata == pq.read_schema(path).metadata | {
+        SAMPLE_METADATA: table.schema.metadata[SAMPLE_METADATA]
+    }
+    in_memory = datasets.Dataset(table)
+    assert in_memory.features == ds.features and len(in_memory) == 12

@@ -292,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser(
         "sample", help="draw more synthetic records from a finished run's release (no privacy cost)"
     )
-    sample.add_argument("--from", dest="from_dir", required=True, help="a finished run's --out")
+    sample.add_argument(
+        "--from", dest="from_dir", metavar="RUN", required=True,
+        help="a finished run's --out folder, or a copy of its release/ folder",
+    )  # fmt: skip
     sample.add_argument("--n", type=int, required=True, help="number of records to draw")
     sample.add_argument("--out", help="Parquet file (default: RUN/release/more/...parquet)")
     sample.add_argument("--seed", type=int, help="public sampler seed (default: a fresh one)")

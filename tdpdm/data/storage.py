@@ -288,6 +288,30 @@ def makedirs(uri: str) -> None:
         raise _fail(uri, "cannot create directory", exc) from exc
 
 
+def list_entries(uri: str) -> list[tuple[str, bool]]:
+    """Sorted (name, is_directory) of the entries directly inside a directory, in one listing
+    (an object store answers one request, not one per entry)."""
+    fs, path = resolve(uri)
+    try:
+        if not fs.isdir(path):
+            problem = "not a directory" if fs.exists(path) else "directory not found"
+            raise _fail(uri, problem)
+        entries = fs.ls(path, detail=True)
+    except DataError:
+        raise
+    except FileNotFoundError as exc:
+        raise _fail(uri, "directory not found") from exc
+    except Exception as exc:
+        raise _fail(uri, "cannot list directory", exc) from exc
+    out: dict[str, bool] = {}
+    for e in entries:
+        full = str(e.get("name", "")).rstrip("/")
+        name = full.rsplit("/", 1)[-1]
+        if name and full != path.rstrip("/"):  # some stores list the prefix itself
+            out[name] = e.get("type") == "directory"
+    return sorted(out.items())
+
+
 def listdir(uri: str) -> list[str]:
     """Sorted entry names (not full paths) directly inside a directory."""
     fs, path = resolve(uri)

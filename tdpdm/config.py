@@ -38,6 +38,7 @@ from tdpdm.choices import (  # noqa: F401 (the config's names)
     ReleasedModel,
     Stage1Mechanism,
 )
+from tdpdm.data.selection import default_name, selection_problem
 
 
 class ConfigError(ValueError):
@@ -234,8 +235,16 @@ class EvalConfig(Section):
 class RunConfig(Section):
     """One run: the data set, the guarantee and every stage's settings."""
 
-    dataset: Dataset = "mnist"
+    dataset: str = "mnist"
+    """The ledger's name: a built-in (read from data_dir) or your `data`'s (default: its path)."""
     data_dir: str = "../shared/datasets"
+    data: str | None = None
+    """Your images: class folders, .parquet (Hugging Face layout) or .npz (tdpdm.data.inputs)."""
+    image_size: Annotated[int, Field(ge=8, le=512), NoBool] = 28
+    classes: Annotated[tuple[str, ...], AsList] | None = None
+    """Your data's class names, declared public (default: the folder or ClassLabel names)."""
+    channels: Literal[1, 3] | None = None
+    """1 (grey) or 3 (RGB); default: what the image headers say."""
     download: bool = False
     mode: Mode = "private"
     epsilon: Annotated[Float, AfterValidator(_positive_finite)] = 10.0
@@ -270,9 +279,16 @@ class RunConfig(Section):
         """`stage2:` with nothing under it (YAML null) means the defaults."""
         return {} if value is None else value
 
+    _name_the_data = model_validator(mode="before")(default_name)
+
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         """Rules that span sections (the messages carry the whole line: no single key)."""
+        data = (self.dataset, self.data, self.image_size, self.classes, self.channels)
+        if problem := selection_problem(*data):
+            raise ValueError(problem)
+        if self.data is not None and self.evaluation.enabled:
+            raise ValueError("evaluation reads a built-in's real test split: not with data:")
         if self.stage1.mechanism == "lipschitz-vae" and self.mode != "released":
             raise ValueError(
                 "stage1.mechanism lipschitz-vae is a per-record release of the latents: it "

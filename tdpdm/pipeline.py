@@ -30,6 +30,7 @@ from tdpdm.config import RunConfig
 from tdpdm.data import storage
 from tdpdm.data.loader import load_split
 from tdpdm.data.private import PrivateTrainingSet
+from tdpdm.data.sources import DataSource, IDXSource
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import Event, event_from_dict, event_to_dict
 from tdpdm.privacy.randomness import MechanismKey
@@ -47,7 +48,7 @@ from tdpdm.stages.artifacts import (
     save_model,
     write_manifest,
 )
-from tdpdm.stages.context import Log, RunContext, charged
+from tdpdm.stages.context import Log, RunContext, charged, own_data
 from tdpdm.stages.latents_io import read_latents
 from tdpdm.stages.plan import plan_run
 from tdpdm.stages.sample import generate
@@ -84,10 +85,14 @@ class RunResult:
         return RunLayout(self.out)
 
 
-def training_set(cfg: RunConfig, data_dir: str) -> PrivateTrainingSet:
-    """The configured training split; a subset gets its own secret per-record draws."""
+def training_set(
+    cfg: RunConfig, data_dir: str, source: DataSource | None = None
+) -> PrivateTrainingSet:
+    """The configured training set (`source`, else the built-in or `cfg.data`'s); a subset
+    gets its own secret per-record draws."""
     key = MechanismKey.fresh("subset") if cfg.subset is not None else None
-    return PrivateTrainingSet(cfg.dataset, data_dir, cfg.subset, subset_key=key)
+    source = source or (IDXSource(cfg.dataset, data_dir) if cfg.data is None else own_data(cfg))
+    return PrivateTrainingSet(source, data_dir, cfg.subset, subset_key=key)
 
 
 def run_pipeline(
@@ -102,7 +107,7 @@ def run_pipeline(
     canaries appended); it is read under this run's charge like any other."""
     ctx = RunContext.start(cfg, log, telemetry)
     _require_backend(cfg)
-    records = records or training_set(cfg, ctx.data_dir)
+    records = records or training_set(cfg, ctx.data_dir, ctx.source)
     n = records.n_records()
     log(
         f"planning {cfg.mode} run on {n} {cfg.dataset} records: target epsilon {cfg.epsilon:g} "
@@ -138,7 +143,7 @@ def run_encode_stage(
     needs a larger target for the two stages together."""
     ctx = RunContext.start(cfg, log, telemetry)
     _require_backend(cfg)
-    records = training_set(cfg, ctx.data_dir)
+    records = training_set(cfg, ctx.data_dir, ctx.source)
     n = records.n_records()
     plan = plan_run(cfg, n, ctx.budget.adjacency, ctx.budget.delta, encoder_only=True)
     session = ctx.begin(plan.events())

@@ -137,7 +137,7 @@ class HFParquetSource(DataSource):
             names = _hf_class_names(schema, where)
             if names is not None and named is not None and names != named:
                 raise DataError(f"{where}: the shards declare different class names")
-            named = names or named
+            named = names if names is not None else named
             total += meta.num_rows
             if total > MAX_RECORDS:
                 raise DataError(f"{where}: more than {MAX_RECORDS} rows")

@@ -45,7 +45,7 @@ class SourceInfo:
 
     name: str
     n_records: int
-    class_names: tuple[str, ...] | None
+    declared_classes: tuple[str, ...] | None
     """Declared by the custodian (`--classes`, folder names, a Parquet ClassLabel) or None for
     unlabelled data: public metadata, and the report says it was treated so."""
     channels: int
@@ -53,16 +53,16 @@ class SourceInfo:
 
     @property
     def labelled(self) -> bool:
-        return self.class_names is not None
+        return self.declared_classes is not None
 
     @property
-    def label_names(self) -> tuple[str, ...]:
+    def class_names(self) -> tuple[str, ...]:
         """Names of the classes the models condition on (one placeholder when unlabelled)."""
-        return self.class_names if self.class_names is not None else UNLABELLED
+        return self.declared_classes if self.declared_classes is not None else UNLABELLED
 
     @property
     def num_classes(self) -> int:
-        return len(self.label_names)
+        return len(self.class_names)
 
     @property
     def image_shape(self) -> tuple[int, int]:

@@ -53,6 +53,8 @@ def _opened(blob: bytes, source: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(blob), formats=sorted(FORMATS))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{source}: absurd image size (a decompression bomb)") from None
     except Exception as err:  # Pillow raises many types on hostile bytes
         raise DataError(
             f"{source}: not a readable PNG or JPEG image ({type(err).__name__})"

@@ -19,6 +19,9 @@ from tdpdm.config import RunConfig
 from tdpdm.data import storage
 from tdpdm.data.catalog import DatasetSpec, get_spec
 from tdpdm.data.download import ensure_dataset
+from tdpdm.data.errors import DataError
+from tdpdm.data.inputs import data_source
+from tdpdm.data.sources import DataSource, SourceInfo
 from tdpdm.privacy.ledger import Budget, Ledger
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.artifacts import RunLayout
@@ -35,7 +38,9 @@ class RunContext:
     """One job's surroundings. The config is validated and never changed afterwards."""
 
     cfg: RunConfig
-    spec: DatasetSpec
+    spec: DatasetSpec | SourceInfo
+    """Public: the class names and count the models use (a built-in's catalog entry, or your
+    data's description)."""
     job_id: str
     data_dir: str
     ledger: Ledger
@@ -54,6 +59,8 @@ class RunContext:
     """Custodian scratch (checkpoints with secret generator state) to delete on success."""
     losses: dict[str, float] = field(default_factory=dict)
     """Last training loss per stage: kept only when the custodian opted in."""
+    source: DataSource | None = None
+    """The user's own data (`cfg.data`), described (checked) once; None for a built-in."""
 
     @classmethod
     def start(cls, cfg: RunConfig, log: Log, telemetry: Telemetry | None) -> RunContext:
@@ -62,14 +69,19 @@ class RunContext:
         # An output URI that cannot be written (odd scheme, NUL byte) must fail here, not after
         # the mechanisms ran and spent budget on results that could not be saved.
         storage.resolve(cfg.out)
-        data_dir = ensure_dataset(
-            cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
-        )
+        source = None if cfg.data is None else own_data(cfg)
+        if source is None:
+            data_dir = ensure_dataset(
+                cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
+            )
+        else:
+            data_dir = cfg.data
         ledger = Ledger(cfg.ledger)
         budget, budget_is_new = _budget_for(ledger, cfg, log)
         return cls(
             cfg=cfg,
-            spec=get_spec(cfg.dataset),
+            spec=get_spec(cfg.dataset) if source is None else source.describe(),
+            source=source,
             job_id=cfg.job_id or f"{cfg.dataset}-{cfg.mode}-{uuid.uuid4().hex[:8]}",
             data_dir=data_dir,
             ledger=ledger,
@@ -155,6 +167,28 @@ def charged(ctx: RunContext, session: PrivacySession, was_read: Callable[[], boo
         raise
     session.settle(note=f"completed {ctx.job_id}")
     ctx.report_budget()
+
+
+def own_data(cfg: RunConfig) -> DataSource:
+    """`cfg.data`'s source, described (structure checked: refused here, before any charge)."""
+    assert cfg.data is not None
+    source = data_source(
+        cfg.data,
+        name=cfg.dataset,
+        image_size=cfg.image_size,
+        classes=cfg.classes,
+        channels=cfg.channels,
+    )
+    info = source.describe()
+    # TODO(issue 15): the stage-1 models take `channels`/`image_size` (util's autoencoder
+    # change); until they are wired from `ctx.spec`, only grey 28x28 images are trained on.
+    if (info.channels, info.image_size) != (1, 28):
+        raise DataError(
+            f"{storage.redact(cfg.data)}: {info.channels}-channel {info.image_size}x"
+            f"{info.image_size} images are read, but the models take grey 28x28 for now "
+            "(use --image-size 28 --channels 1)"
+        )
+    return source
 
 
 def _budget_for(ledger: Ledger, cfg: RunConfig, log: Log) -> tuple[Budget, bool]:

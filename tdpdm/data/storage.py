@@ -293,6 +293,7 @@ def list_entries(uri: str) -> list[tuple[str, bool]]:
     (an object store answers one request, not one per entry)."""
     fs, path = resolve(uri)
     try:
+        fs.invalidate_cache(path)  # a listing cached earlier in this process may be stale
         if not fs.isdir(path):
             problem = "not a directory" if fs.exists(path) else "directory not found"
             raise _fail(uri, problem)

@@ -274,6 +274,7 @@ def _publish(
         evaluated=cfg.evaluation.enabled,
         custodian_losses=cfg.custodian_losses,
         subset=cfg.subset,
+        own_data=cfg.data is not None,
     )
     names = list(spec.class_names)
     write_synthetic(

@@ -77,6 +77,7 @@ def test_png_folder_runs_end_to_end_under_its_own_budget(tmp_path: Path, fashion
     synthetic = pq.read_table(Path(cfg.out) / "release" / "synthetic" / "part-0.parquet")
     assert synthetic.num_rows == 100
     assert result.epsilon <= cfg.epsilon
+    assert any("label set" in item for item in report["privacy"]["not_covered"])
     # The class names (the folder names) are the public label set of the release.
     assert CLASSES[0] in json.dumps(json.loads(synthetic.schema.metadata[b"huggingface"]))
 

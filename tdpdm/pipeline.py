@@ -105,7 +105,8 @@ def run_pipeline(
 
     `records` replaces the configured training set (the privacy audit passes one with its
     canaries appended); it is read under this run's charge like any other."""
-    ctx = RunContext.start(cfg, log, telemetry)
+    own = None if records is None or isinstance(records.source, IDXSource) else records.source
+    ctx = RunContext.start(cfg, log, telemetry, own)
     _require_backend(cfg)
     records = records or training_set(cfg, ctx.data_dir, ctx.source)
     n = records.n_records()

@@ -4,7 +4,9 @@ a whole: the rules the config applies, kept next to the sources they describe.
 `dataset` is the ledger's name for the data set (its budget). A built-in (`mnist`,
 `fashion-mnist`) is read from `data_dir`; your own images come from `data`, and `dataset` then
 names them (by default from the path). A built-in's name is refused with `data`: the run would
-spend the built-in's budget on other records.
+spend the built-in's budget on other records. Without `data`, a name that is not built in is
+left to the run: the Python API hands its records in (`tdpdm.data.sources.ArraySource`), and a
+run without records refuses it before anything is charged (`unknown_dataset`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ def default_name(values: object) -> object:
     return values
 
 
+def unknown_dataset(dataset: str) -> str:
+    """The refusal of a run naming a data set that is neither built in nor given."""
+    known = ", ".join(DATASETS)
+    return f"dataset {dataset!r} is not built in ({known}): give your images with data: (--data)"
+
+
 def selection_problem(
     dataset: str,
     data: str | None,
@@ -32,12 +40,11 @@ def selection_problem(
     channels: int | None,
 ) -> str | None:
     """Why this choice of data is inconsistent, in one line, or None."""
-    known = ", ".join(DATASETS)
     if not NAME_RE.match(dataset):
         return f"dataset {dataset!r}: a name of 1-64 characters a-z, 0-9, '.', '_' or '-'"
     if data is None:
         if dataset not in DATASETS:
-            return f"dataset {dataset!r} is not built in ({known}): give your images with data:"
+            return None  # records passed in by the Python API (else refused when the run starts)
         if image_size != BUILTIN_SIZE or classes is not None or channels not in (None, 1):
             return (
                 "image_size, classes and channels describe your own data (data:); the built-in "

@@ -17,10 +17,11 @@ import torch
 
 from tdpdm.config import RunConfig
 from tdpdm.data import storage
-from tdpdm.data.catalog import DatasetSpec, get_spec
+from tdpdm.data.catalog import DATASETS, DatasetSpec, get_spec
 from tdpdm.data.download import ensure_dataset
 from tdpdm.data.errors import DataError
 from tdpdm.data.inputs import data_source
+from tdpdm.data.selection import unknown_dataset
 from tdpdm.data.sources import DataSource, SourceInfo
 from tdpdm.privacy.ledger import Budget, Ledger
 from tdpdm.privacy.session import PrivacySession
@@ -63,19 +64,26 @@ class RunContext:
     """The user's own data (`cfg.data`), described (checked) once; None for a built-in."""
 
     @classmethod
-    def start(cls, cfg: RunConfig, log: Log, telemetry: Telemetry | None) -> RunContext:
+    def start(
+        cls,
+        cfg: RunConfig,
+        log: Log,
+        telemetry: Telemetry | None,
+        source: DataSource | None = None,
+    ) -> RunContext:
+        """`source`: records handed in (the Python API's arrays) instead of the configured."""
         started = time.perf_counter()
         torch.manual_seed(cfg.seed)  # public: initial weights and the synthetic sampler only
         # An output URI that cannot be written (odd scheme, NUL byte) must fail here, not after
         # the mechanisms ran and spent budget on results that could not be saved.
         storage.resolve(cfg.out)
-        source = None if cfg.data is None else own_data(cfg)
+        source = _checked_source(cfg, source)
         if source is None:
             data_dir = ensure_dataset(
                 cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
             )
         else:
-            data_dir = cfg.data
+            data_dir = cfg.data or "(records passed in)"
         ledger = Ledger(cfg.ledger)
         budget, budget_is_new = _budget_for(ledger, cfg, log)
         return cls(
@@ -179,16 +187,35 @@ def own_data(cfg: RunConfig) -> DataSource:
         classes=cfg.classes,
         channels=cfg.channels,
     )
-    info = source.describe()
+    _check_model_shape(source.describe(), storage.redact(cfg.data))
+    return source
+
+
+def _checked_source(cfg: RunConfig, source: DataSource | None) -> DataSource | None:
+    """The run's own data (handed in, or `cfg.data`), checked; None for a built-in."""
+    if source is None:
+        if cfg.data is not None:
+            return own_data(cfg)
+        if cfg.dataset not in DATASETS:
+            raise DataError(unknown_dataset(cfg.dataset))
+        return None
+    if source.name != cfg.dataset:
+        raise DataError(
+            f"the records handed in are data set {source.name!r} but the run names "
+            f"{cfg.dataset!r}: the ledger charges one name"
+        )
+    _check_model_shape(source.describe(), source.name)
+    return source
+
+
+def _check_model_shape(info: SourceInfo, where: str) -> None:
     # TODO(issue 15): the stage-1 models take `channels`/`image_size` (util's autoencoder
     # change); until they are wired from `ctx.spec`, only grey 28x28 images are trained on.
     if (info.channels, info.image_size) != (1, 28):
         raise DataError(
-            f"{storage.redact(cfg.data)}: {info.channels}-channel {info.image_size}x"
-            f"{info.image_size} images are read, but the models take grey 28x28 for now "
-            "(use --image-size 28 --channels 1)"
+            f"{where}: {info.channels}-channel {info.image_size}x{info.image_size} images are "
+            "read, but the models take grey 28x28 for now (use --image-size 28 --channels 1)"
         )
-    return source
 
 
 def _budget_for(ledger: Ledger, cfg: RunConfig, log: Log) -> tuple[Budget, bool]:

@@ -17,7 +17,10 @@ from tdpdm_test_support import tiny_run_overrides, torch_threads
 from tdpdm.cli import main
 from tdpdm.config import load_config
 from tdpdm.data.catalog import get_spec
+from tdpdm.data.errors import DataError
 from tdpdm.data.loader import load_split
+from tdpdm.data.private import PrivateTrainingSet
+from tdpdm.data.sources import ArraySource
 from tdpdm.pipeline import run_pipeline
 from tdpdm.privacy.events import event_to_dict
 from tdpdm.privacy.ledger import Ledger
@@ -80,6 +83,31 @@ def test_png_folder_runs_end_to_end_under_its_own_budget(tmp_path: Path, fashion
     assert any("label set" in item for item in report["privacy"]["not_covered"])
     # The class names (the folder names) are the public label set of the release.
     assert CLASSES[0] in json.dumps(json.loads(synthetic.schema.metadata[b"huggingface"]))
+
+
+def test_arrays_handed_in_run_under_their_own_name(tmp_path: Path, shared_datasets: Path) -> None:
+    """The Python API's path: arrays in memory (`ArraySource`), no `data:` in the config."""
+    images, labels = load_split("fashion-mnist", str(shared_datasets), "train")
+    source = ArraySource(images[:RECORDS], labels[:RECORDS], CLASSES, name="api-fashion")
+    overrides = _overrides(tmp_path, tmp_path)
+    del overrides["data"]
+    cfg = load_config(None, {**overrides, "dataset": "api-fashion"})
+    with torch_threads(1):
+        result = run_pipeline(cfg, log=lambda _: None, records=PrivateTrainingSet(source))
+    assert result.report["dataset"] == "api-fashion" and result.report["n_records"] == RECORDS
+    [charge] = Ledger(cfg.ledger).charges("api-fashion")
+    assert charge.status == "settled"
+    wrong = load_config(None, {**overrides, "dataset": "other"})
+    with pytest.raises(DataError, match="handed in are data set 'api-fashion'"):
+        run_pipeline(wrong, log=lambda _: None, records=PrivateTrainingSet(source))
+
+
+def test_a_name_neither_built_in_nor_given_is_refused(tmp_path: Path, capsys) -> None:
+    ledger = tmp_path / "ledger.json"
+    code = main(["run", "--set", "dataset=foo", "--ledger", str(ledger), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "'foo' is not built in" in err[0], err
+    assert not ledger.exists()
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,18 @@ def test_arrays_handed_in_run_under_their_own_name(tmp_path: Path, shared_datase
         run_pipeline(wrong, log=lambda _: None, records=PrivateTrainingSet(source))
 
 
+def test_audit_on_your_own_data(tmp_path: Path, fashion_pngs: Path) -> None:
+    """The canary audit appends its canaries to your images and charges your data's budget."""
+    from tdpdm.audit.run import run_audit
+
+    cfg = load_config(None, _overrides(tmp_path, fashion_pngs))
+    with torch_threads(1):
+        result = run_audit(cfg, canaries=10, log=lambda _: None)
+    assert result.lower_bound <= result.claimed
+    [charge] = Ledger(cfg.ledger).charges("fashion-png")
+    assert charge.status == "settled"
+
+
 def test_a_name_neither_built_in_nor_given_is_refused(tmp_path: Path, capsys) -> None:
     ledger = tmp_path / "ledger.json"
     code = main(["run", "--set", "dataset=foo", "--ledger", str(ledger), "--no-progress"])

@@ -85,6 +85,33 @@ def test_png_folder_runs_end_to_end_under_its_own_budget(tmp_path: Path, fashion
     assert CLASSES[0] in json.dumps(json.loads(synthetic.schema.metadata[b"huggingface"]))
 
 
+@pytest.mark.parametrize("layout", ["three-classes", "unlabelled"])
+def test_class_count_comes_from_the_data(tmp_path: Path, fashion_pngs: Path, layout: str) -> None:
+    """Three declared classes (a subset of the folders' classes), or no labels at all: the
+    models, the sampler and the release take the class count from the source."""
+    import shutil
+
+    root = tmp_path / layout
+    if layout == "three-classes":
+        for name in CLASSES[:3]:
+            shutil.copytree(fashion_pngs / name, root / name)
+        extra = {"classes": list(CLASSES[2::-1])}
+    else:
+        root.mkdir()
+        for png in fashion_pngs.glob("*/*.png"):
+            shutil.copy(png, root / png.name)
+        extra = {}
+    cfg = load_config(None, {**_overrides(tmp_path, root), **extra})
+    with torch_threads(1):
+        result = run_pipeline(cfg, log=lambda _: None)
+    synthetic = pq.read_table(Path(cfg.out) / "release" / "synthetic" / "part-0.parquet")
+    names = json.loads(synthetic.schema.metadata[b"huggingface"])["info"]["features"]["label"]
+    expected = list(CLASSES[2::-1]) if layout == "three-classes" else ["unlabelled"]
+    assert names["names"] == expected
+    assert set(synthetic.column("label").to_pylist()) <= set(range(len(expected)))
+    assert result.report["dataset"] == layout
+
+
 def test_arrays_handed_in_run_under_their_own_name(tmp_path: Path, shared_datasets: Path) -> None:
     """The Python API's path: arrays in memory (`ArraySource`), no `data:` in the config."""
     images, labels = load_split("fashion-mnist", str(shared_datasets), "train")

@@ -29,7 +29,7 @@ from tdpdm.data.transform import (
     MAX_FILE_BYTES,
     Header,
     ImageTransform,
-    probe,
+    probe_file,
 )
 
 
@@ -116,7 +116,7 @@ class ImageFolderSource(DataSource):
         grey = True
         for uri, _ in files:
             where = storage.redact(uri)
-            header = probe(storage.read_bytes(uri, max_bytes=MAX_FILE_BYTES), where)
+            header = probe_file(uri)
             if first is None:
                 first = header
             elif (header.width, header.height) != (first.width, first.height):

@@ -196,6 +196,24 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     return data
 
 
+def read_head(uri: str, n: int) -> tuple[bytes, bool]:
+    """The first `n` bytes of a file (one ranged read on an object store), and whether that is
+    the whole file."""
+    fs, path = resolve(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            head = _read_bounded(f, n + 1)
+    except FileNotFoundError as exc:
+        raise _fail(uri, "not found") from exc
+    except IsADirectoryError as exc:
+        raise _fail(uri, "is a directory, not a file") from exc
+    except PermissionError as exc:
+        raise _fail(uri, "permission denied") from exc
+    except Exception as exc:
+        raise _fail(uri, "cannot read", exc) from exc
+    return head[:n], len(head) <= n
+
+
 def _fsync_dir(path: str) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
         fd = os.open(path, os.O_RDONLY)

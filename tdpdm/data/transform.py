@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from tdpdm.data import storage
 from tdpdm.data.errors import DataError
 
 #: Container formats read (by content, not by file name).
@@ -73,6 +74,23 @@ def probe(blob: bytes, source: str) -> Header:
             f"1-{MAX_SIDE} px)"
         )
     return header
+
+
+#: Bytes read to parse a header before the charge (JPEG metadata segments come first).
+HEAD_BYTES = 256 << 10
+
+
+def probe_file(uri: str) -> Header:
+    """`probe` on the head of a stored image file: the pixel payload beyond it is not read
+    before the charge (the whole file only when its metadata outgrows the head)."""
+    where = storage.redact(uri)
+    head, whole = storage.read_head(uri, HEAD_BYTES)
+    try:
+        return probe(head, where)
+    except DataError:
+        if whole:
+            raise
+    return probe(storage.read_bytes(uri, max_bytes=MAX_FILE_BYTES), where)
 
 
 @dataclass(frozen=True)

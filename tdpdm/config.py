@@ -242,9 +242,8 @@ class RunConfig(Section):
     """Your images: class folders, .parquet (Hugging Face layout) or .npz (tdpdm.data.inputs)."""
     image_size: Annotated[int, Field(ge=8, le=512), NoBool] = 28
     classes: Annotated[tuple[str, ...], AsList] | None = None
-    """Your data's class names, declared public (default: the folder or ClassLabel names)."""
+    """Declared public (default: the folder or ClassLabel names); `channels`: 1 grey, 3 RGB."""
     channels: Literal[1, 3] | None = None
-    """1 (grey) or 3 (RGB); default: what the image headers say."""
     download: bool = False
     mode: Mode = "private"
     epsilon: Annotated[Float, AfterValidator(_positive_finite)] = 10.0
@@ -284,11 +283,8 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         """Rules that span sections (the messages carry the whole line: no single key)."""
-        data = (self.dataset, self.data, self.image_size, self.classes, self.channels)
-        if problem := selection_problem(*data):
+        if problem := selection_problem(self):
             raise ValueError(problem)
-        if self.data is not None and self.evaluation.enabled:
-            raise ValueError("evaluation reads a built-in's real test split: not with data:")
         if self.stage1.mechanism == "lipschitz-vae" and self.mode != "released":
             raise ValueError(
                 "stage1.mechanism lipschitz-vae is a per-record release of the latents: it "

@@ -30,10 +30,8 @@ from tdpdm.config import RunConfig
 from tdpdm.data import storage
 from tdpdm.data.loader import load_split
 from tdpdm.data.private import PrivateTrainingSet
-from tdpdm.data.sources import DataSource, IDXSource
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import Event, event_from_dict, event_to_dict
-from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.privacy.statement import parquet_guarantee, privacy_section
 from tdpdm.report import run_report
@@ -48,7 +46,7 @@ from tdpdm.stages.artifacts import (
     save_model,
     write_manifest,
 )
-from tdpdm.stages.context import Log, RunContext, charged, own_data
+from tdpdm.stages.context import Log, RunContext, charged, handed_in, training_set
 from tdpdm.stages.latents_io import read_latents
 from tdpdm.stages.plan import plan_run
 from tdpdm.stages.sample import generate
@@ -85,16 +83,6 @@ class RunResult:
         return RunLayout(self.out)
 
 
-def training_set(
-    cfg: RunConfig, data_dir: str, source: DataSource | None = None
-) -> PrivateTrainingSet:
-    """The configured training set (`source`, else the built-in or `cfg.data`'s); a subset
-    gets its own secret per-record draws."""
-    key = MechanismKey.fresh("subset") if cfg.subset is not None else None
-    source = source or (IDXSource(cfg.dataset, data_dir) if cfg.data is None else own_data(cfg))
-    return PrivateTrainingSet(source, data_dir, cfg.subset, subset_key=key)
-
-
 def run_pipeline(
     cfg: RunConfig,
     log: Log = print,
@@ -105,8 +93,7 @@ def run_pipeline(
 
     `records` replaces the configured training set (the privacy audit passes one with its
     canaries appended); it is read under this run's charge like any other."""
-    own = None if records is None or isinstance(records.source, IDXSource) else records.source
-    ctx = RunContext.start(cfg, log, telemetry, own)
+    ctx = RunContext.start(cfg, log, telemetry, handed_in(records))
     _require_backend(cfg)
     records = records or training_set(cfg, ctx.data_dir, ctx.source)
     n = records.n_records()

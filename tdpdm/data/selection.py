@@ -11,6 +11,8 @@ run without records refuses it before anything is charged (`unknown_dataset`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from tdpdm.data import storage
 from tdpdm.data.catalog import DATASETS
 from tdpdm.data.sources import NAME_RE, name_from_uri
@@ -32,20 +34,24 @@ def unknown_dataset(dataset: str) -> str:
     return f"dataset {dataset!r} is not built in ({known}): give your images with data: (--data)"
 
 
-def selection_problem(
-    dataset: str,
-    data: str | None,
-    image_size: int,
-    classes: tuple[str, ...] | None,
-    channels: int | None,
-) -> str | None:
-    """Why this choice of data is inconsistent, in one line, or None."""
+def selection_problem(cfg: Any) -> str | None:
+    """Why a run config's choice of data is inconsistent, in one line, or None (`cfg`: a
+    `tdpdm.config.RunConfig`; this floor does not import it)."""
+    dataset, data = cfg.dataset, cfg.data
     if not NAME_RE.match(dataset):
         return f"dataset {dataset!r}: a name of 1-64 characters a-z, 0-9, '.', '_' or '-'"
     if data is None:
         if dataset not in DATASETS:
             return None  # records passed in by the Python API (else refused when the run starts)
-        if image_size != BUILTIN_SIZE or classes is not None or channels not in (None, 1):
+        if (
+            cfg.image_size != BUILTIN_SIZE
+            or cfg.classes is not None
+            or cfg.channels
+            not in (
+                None,
+                1,
+            )
+        ):
             return (
                 "image_size, classes and channels describe your own data (data:); the built-in "
                 f"{dataset} is grey {BUILTIN_SIZE}x{BUILTIN_SIZE} with its own classes"
@@ -56,4 +62,6 @@ def selection_problem(
             f"data: {storage.redact(data)!r} is your own data set: name it (dataset:) with a "
             f"name of its own, not the built-in {dataset!r}, whose budget it would spend"
         )
+    if cfg.evaluation.enabled:
+        return "evaluation reads a built-in's real test split: not with data:"
     return None

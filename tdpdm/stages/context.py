@@ -21,9 +21,11 @@ from tdpdm.data.catalog import DATASETS, DatasetSpec, get_spec
 from tdpdm.data.download import ensure_dataset
 from tdpdm.data.errors import DataError
 from tdpdm.data.inputs import data_source
+from tdpdm.data.private import PrivateTrainingSet
 from tdpdm.data.selection import unknown_dataset
-from tdpdm.data.sources import DataSource, SourceInfo
+from tdpdm.data.sources import DataSource, IDXSource, SourceInfo
 from tdpdm.privacy.ledger import Budget, Ledger
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.artifacts import RunLayout
 from tdpdm.stages.plan import default_adjacency
@@ -189,6 +191,23 @@ def own_data(cfg: RunConfig) -> DataSource:
     )
     _check_model_shape(source.describe(), storage.redact(cfg.data))
     return source
+
+
+def training_set(
+    cfg: RunConfig, data_dir: str, source: DataSource | None = None
+) -> PrivateTrainingSet:
+    """The configured training set (`source`, else the built-in or `cfg.data`'s); a subset
+    gets its own secret per-record draws."""
+    key = MechanismKey.fresh("subset") if cfg.subset is not None else None
+    source = source or (IDXSource(cfg.dataset, data_dir) if cfg.data is None else own_data(cfg))
+    return PrivateTrainingSet(source, data_dir, cfg.subset, subset_key=key)
+
+
+def handed_in(records: PrivateTrainingSet | None) -> DataSource | None:
+    """The user's own source of records handed to a run (None: none, or a built-in's)."""
+    if records is None or isinstance(records.source, IDXSource):
+        return None
+    return records.source
 
 
 def _checked_source(cfg: RunConfig, source: DataSource | None) -> DataSource | None:

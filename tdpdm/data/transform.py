@@ -108,6 +108,8 @@ class ImageTransform:
 
     def image(self, im: Image.Image) -> np.ndarray:
         """uint8 (C, size, size) from a decoded Pillow image."""
+        if im.mode.startswith("I;16"):  # 16-bit grey: keep the top 8 bits (convert would clip)
+            im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
         im = im.convert("L" if self.channels == 1 else "RGB")
         if im.size != (self.size, self.size):
             im = im.resize((self.size, self.size), Image.Resampling.BILINEAR)

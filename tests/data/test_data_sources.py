@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sources_support import hf_parquet, npz_file, png_bytes, png_tree, tiny_images
 
 from tdpdm.data.errors import DataError
@@ -308,3 +309,11 @@ def test_missing_data_and_wrong_kinds(tmp_path: Path) -> None:
         data_source(str(tmp_path), name="Bad Name", image_size=12)
     with pytest.raises(DataError, match="outside 8-512"):
         _open(_tree(tmp_path), image_size=4).describe()
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    deep = (np.arange(144, dtype=np.uint16).reshape(12, 12) * 400).astype(np.uint16)
+    (tmp_path / "d" / "cat").mkdir(parents=True)
+    Image.fromarray(deep).save(tmp_path / "d" / "cat" / "a.png")
+    images, _ = _open(tmp_path / "d").read()
+    np.testing.assert_array_equal(images[0, 0], (deep >> 8).astype(np.uint8))

@@ -111,6 +111,14 @@ class HFParquetSource(DataSource):
         self.declared = check_classes(classes, storage.redact(uri))
         self._info: SourceInfo | None = None
 
+    def _files(self) -> list[str]:
+        return parquet_files(self.uri)
+
+    def _meta(self, uri: str) -> tuple[int, pa.Schema]:
+        """(row count, schema) from the footer alone."""
+        meta = _footer(uri)
+        return meta.num_rows, meta.schema.to_arrow_schema()
+
     def _columns(self, uri: str, columns: list[str]) -> pa.Table:
         raw = storage.read_bytes(uri, max_bytes=MAX_PARQUET_BYTES)
         try:
@@ -123,13 +131,12 @@ class HFParquetSource(DataSource):
     def describe(self) -> SourceInfo:
         if self._info is not None:
             return self._info
-        files = parquet_files(self.uri)
+        files = self._files()
         total, labelled, named, grey = 0, None, None, True
         first: Header | None = None
         for uri in files:
             where = storage.redact(uri)
-            meta = _footer(uri)
-            schema = meta.schema.to_arrow_schema()
+            num_rows, schema = self._meta(uri)
             has_labels = _check_schema(schema, where)
             if labelled is not None and has_labels != labelled:
                 raise DataError(f"{where}: some shards have a 'label' column and some do not")
@@ -138,7 +145,7 @@ class HFParquetSource(DataSource):
             if names is not None and named is not None and names != named:
                 raise DataError(f"{where}: the shards declare different class names")
             named = names if names is not None else named
-            total += meta.num_rows
+            total += num_rows
             if total > MAX_RECORDS:
                 raise DataError(f"{where}: more than {MAX_RECORDS} rows")
             images = self._columns(uri, ["image"]).column("image").combine_chunks()
@@ -192,7 +199,7 @@ class HFParquetSource(DataSource):
         )
         labels: list[np.ndarray] = []
         at = 0
-        for uri in parquet_files(self.uri):
+        for uri in self._files():
             where = storage.redact(uri)
             table = self._columns(uri, ["image", "label"] if info.labelled else ["image"])
             for blob in table.column("image").combine_chunks().field("bytes").to_pylist():
@@ -207,3 +214,35 @@ class HFParquetSource(DataSource):
             raise DataError(f"{storage.redact(self.uri)}: the files changed while being read")
         joined = np.concatenate(labels) if info.labelled else None
         return images, check_label_range(joined, info, storage.redact(self.uri))
+
+
+class HFArrowSource(HFParquetSource):
+    """A data set saved by `datasets.Dataset.save_to_disk`: a folder with `state.json` and
+    Arrow stream shards (`data-*.arrow`, in the order `state.json` lists them), same columns.
+    An Arrow stream has no footer: the row count and schema come from reading a shard whole
+    (the pixels in it are only parsed to image headers before the charge, as for Parquet)."""
+
+    def _files(self) -> list[str]:
+        where = storage.redact(self.uri)
+        try:
+            state = json.loads(storage.read_bytes(storage.join(self.uri, "state.json"), 1 << 20))
+            names = [f["filename"] for f in state["_data_files"]]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{where}: state.json does not list the data files") from None
+        if not names or not all(isinstance(n, str) and n.endswith(".arrow") for n in names):
+            raise DataError(f"{where}: state.json lists no .arrow data files")
+        return [storage.join(self.uri, n) for n in names]
+
+    def _meta(self, uri: str) -> tuple[int, pa.Schema]:
+        table = self._columns(uri, None)
+        return table.num_rows, table.schema
+
+    def _columns(self, uri: str, columns: list[str] | None) -> pa.Table:
+        raw = storage.read_bytes(uri, max_bytes=MAX_PARQUET_BYTES)
+        try:
+            table = pa.ipc.open_stream(raw).read_all()
+            return table if columns is None else table.select(columns)
+        except Exception as err:
+            raise DataError(
+                f"{storage.redact(uri)}: not a readable Arrow stream ({type(err).__name__})"
+            ) from None

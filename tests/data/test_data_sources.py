@@ -317,3 +317,28 @@ def test_16_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
     Image.fromarray(deep).save(tmp_path / "d" / "cat" / "a.png")
     images, _ = _open(tmp_path / "d").read()
     np.testing.assert_array_equal(images[0, 0], (deep >> 8).astype(np.uint8))
+
+
+def test_folder_saved_by_the_datasets_library(tmp_path: Path, monkeypatch) -> None:
+    """`Dataset.save_to_disk`: state.json and Arrow stream shards, read like the Parquet."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    images, labels = tiny_images(5), _labels(5)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES))}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(im) for im in images], "label": labels.tolist()},
+        features=features,
+    )
+    ds.save_to_disk(str(tmp_path / "saved"))
+    source = _open(tmp_path / "saved")
+    assert type(source).__name__ == "HFArrowSource"
+    assert source.describe().class_names == CLASSES
+    got, got_labels = source.read()
+    np.testing.assert_array_equal(got[:, 0], images)
+    np.testing.assert_array_equal(got_labels, labels)
+    (tmp_path / "saved" / "state.json").write_text("{}")
+    with pytest.raises(DataError, match=r"state\.json does not list"):
+        _open(tmp_path / "saved").describe()

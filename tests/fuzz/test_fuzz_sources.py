@@ -153,3 +153,25 @@ def test_npz_with_any_dtype_and_shape(dtype, shape, labels, nan) -> None:
     got = _read_or_data_error(uri, classes=("a", "b") if labels is not None else None)
     if got is not None:
         assert dtype == "uint8" and not (nan and images.dtype.kind == "f")
+
+
+def _arrow_stream(blobs: list[bytes], labels: list[int]) -> bytes:
+    table = pq.read_table(io.BytesIO(_hf_parquet(blobs, labels)))
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+VALID_ARROW = _arrow_stream([VALID_PNG, _png(2)], [1, 0])
+STATE = b'{"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}'
+
+
+@FUZZ_SLOW
+@given(MUTATIONS, st.integers(0, 40))
+def test_mutated_saved_to_disk_folder(mutations, cut: int) -> None:
+    """What `datasets.Dataset.save_to_disk` writes: state.json and an Arrow stream shard."""
+    blob = _mutate(VALID_ARROW, mutations)
+    blob = blob[: len(blob) - cut] if cut else blob
+    uri = _put({"state.json": STATE, "data-00000-of-00001.arrow": blob})
+    _read_or_data_error(uri, classes=("a", "b"))

@@ -286,7 +286,9 @@ def _publish(
         wall_time_s=time.perf_counter() - ctx.started,
         hardware=hardware(cfg.device),
         privacy=privacy,
-        config=cfg.as_dict(),
+        # data URIs may carry user-info or a signed query: the report holds them redacted
+        config=cfg.as_dict()
+        | {k: storage.redact(v) for k in ("data", "data_dir") if (v := getattr(cfg, k))},
         stages=ctx.stages,
         latents=latents_info,
         artifacts=artifacts.release_listing(cfg.mode)

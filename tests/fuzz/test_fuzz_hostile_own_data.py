@@ -198,7 +198,8 @@ def test_labels_outside_the_declared_classes_settle_the_charge(tmp_path: Path, c
     data = _npz(tmp_path / "d.npz", GOOD_IMAGES, labels)
     line = _refused(capsys, _argv(data, tmp_path, "--classes", "a,b,c"))
     assert "labels outside the 3 declared classes" in line and "withheld" in line
-    assert "7" not in line.split("classes", 1)[1] and "250" not in line
+    message = line.split("labels outside", 1)[1]  # after the file path (a tmp path has digits)
+    assert not any(ch.isdigit() for ch in message.replace("3 declared", "")), line
     assert not (tmp_path / "out").exists()
     [charge] = Ledger(str(tmp_path / "ledger.json")).charges("d")
     assert charge.status == "settled"  # the labels were read: charged at the full plan

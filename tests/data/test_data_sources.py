@@ -343,3 +343,11 @@ def test_folder_saved_by_the_datasets_library(tmp_path: Path, monkeypatch) -> No
     (tmp_path / "saved" / "state.json").write_text("{}")
     with pytest.raises(DataError, match=r"state\.json does not list"):
         _open(tmp_path / "saved").describe()
+
+
+def test_built_ins_describe_their_shape_like_sources() -> None:
+    """`RunContext.spec` is a catalog entry or a source's description: one set of attributes."""
+    from tdpdm.data.catalog import get_spec
+
+    spec = get_spec("fashion-mnist")
+    assert (spec.channels, spec.image_size, spec.num_classes) == (1, 28, 10)

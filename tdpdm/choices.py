@@ -13,7 +13,10 @@ Mode = Literal["private", "released"]
 """`private`: DP-SGD on both stages. `released`: a per-record Gaussian release of the latents."""
 
 Dataset = Literal["mnist", "fashion-mnist"]
-"""The data sets the catalog (tdpdm.data.catalog) knows."""
+"""The built-in data sets the catalog (tdpdm.data.catalog) knows."""
+
+DATASET_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+"""A data set's ledger name: a built-in's, or the one a user's own `data` goes by (issue 15)."""
 
 Stage1Mechanism = Literal["dpsgd-autoencoder", "lipschitz-vae"]
 """Stage 1: the DP-SGD conv autoencoder, or the Lipschitz VAE (a release: `released` only)."""

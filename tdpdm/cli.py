@@ -25,6 +25,19 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--data-dir", dest="data_dir", help="folder or URI with the IDX files")
     p.add_argument(
+        "--data",
+        help="your own images instead of a built-in: a class-folder tree, a .parquet (Hugging "
+        "Face layout) or a .npz, local or s3://; its ledger name comes from the path (or "
+        "--set dataset=NAME)",
+    )
+    p.add_argument("--image-size", dest="image_size", type=int, help="--data: side in pixels")
+    p.add_argument(
+        "--classes",
+        help="--data: the class names, comma-separated, declared public (default: the folder "
+        "or ClassLabel names)",
+    )
+    p.add_argument("--channels", type=int, choices=(1, 3), help="--data: 1 grey or 3 RGB")
+    p.add_argument(
         "--download",
         action="store_true",
         default=None,
@@ -91,6 +104,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = (
         "dataset",
         "data_dir",
+        "data",
+        "image_size",
+        "channels",
         "download",
         "epsilon",
         "delta",
@@ -107,6 +123,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "evaluation.enabled",
     )
     out: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "classes", None) is not None:
+        out["classes"] = [c.strip() for c in str(args.classes).split(",")]
     if getattr(args, "subset", None) is not None:
         out["subset"] = None if str(args.subset).lower() in ("all", "none", "0") else args.subset
     for item in getattr(args, "set", []) or []:

@@ -38,6 +38,7 @@ from tdpdm.choices import (  # noqa: F401 (the config's names)
     ReleasedModel,
     Stage1Mechanism,
 )
+from tdpdm.data.selection import default_name, selection_problem
 
 
 class ConfigError(ValueError):
@@ -234,8 +235,15 @@ class EvalConfig(Section):
 class RunConfig(Section):
     """One run: the data set, the guarantee and every stage's settings."""
 
-    dataset: Dataset = "mnist"
+    dataset: str = "mnist"
+    """The ledger's name: a built-in (read from data_dir) or your `data`'s (default: its path)."""
     data_dir: str = "../shared/datasets"
+    data: str | None = None
+    """Your images: class folders, .parquet (Hugging Face layout) or .npz (tdpdm.data.inputs)."""
+    image_size: Annotated[int, Field(ge=8, le=512), NoBool] = 28
+    classes: Annotated[tuple[str, ...], AsList] | None = None
+    """Declared public (default: the folder or ClassLabel names); `channels`: 1 grey, 3 RGB."""
+    channels: Literal[1, 3] | None = None
     download: bool = False
     mode: Mode = "private"
     epsilon: Annotated[Float, AfterValidator(_positive_finite)] = 10.0
@@ -270,9 +278,13 @@ class RunConfig(Section):
         """`stage2:` with nothing under it (YAML null) means the defaults."""
         return {} if value is None else value
 
+    _name_the_data = model_validator(mode="before")(default_name)
+
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         """Rules that span sections (the messages carry the whole line: no single key)."""
+        if problem := selection_problem(self):
+            raise ValueError(problem)
         if self.stage1.mechanism == "lipschitz-vae" and self.mode != "released":
             raise ValueError(
                 "stage1.mechanism lipschitz-vae is a per-record release of the latents: it "

@@ -33,7 +33,6 @@ from tdpdm.distributed.backend import require_backend as _require_backend
 from tdpdm.distributed.backend import trainer as _trainer
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import Event, event_from_dict, event_to_dict
-from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.privacy.statement import parquet_guarantee, privacy_section
 from tdpdm.report import run_report
@@ -48,7 +47,7 @@ from tdpdm.stages.artifacts import (
     save_model,
     write_manifest,
 )
-from tdpdm.stages.context import Log, RunContext, charged
+from tdpdm.stages.context import Log, RunContext, charged, handed_in, training_set
 from tdpdm.stages.latents_io import read_latents
 from tdpdm.stages.plan import plan_run
 from tdpdm.stages.sample import generate
@@ -85,12 +84,6 @@ class RunResult:
         return RunLayout(self.out)
 
 
-def training_set(cfg: RunConfig, data_dir: str) -> PrivateTrainingSet:
-    """The configured training split; a subset gets its own secret per-record draws."""
-    key = MechanismKey.fresh("subset") if cfg.subset is not None else None
-    return PrivateTrainingSet(cfg.dataset, data_dir, cfg.subset, subset_key=key)
-
-
 def run_pipeline(
     cfg: RunConfig,
     log: Log = print,
@@ -101,9 +94,9 @@ def run_pipeline(
 
     `records` replaces the configured training set (the privacy audit passes one with its
     canaries appended); it is read under this run's charge like any other."""
-    ctx = RunContext.start(cfg, log, telemetry)
+    ctx = RunContext.start(cfg, log, telemetry, handed_in(records))
     _require_backend(cfg)
-    records = records or training_set(cfg, ctx.data_dir)
+    records = records or training_set(cfg, ctx.data_dir, ctx.source)
     n = records.n_records()
     log(
         f"planning {cfg.mode} run on {n} {cfg.dataset} records: target epsilon {cfg.epsilon:g} "
@@ -139,7 +132,7 @@ def run_encode_stage(
     needs a larger target for the two stages together."""
     ctx = RunContext.start(cfg, log, telemetry)
     _require_backend(cfg)
-    records = training_set(cfg, ctx.data_dir)
+    records = training_set(cfg, ctx.data_dir, ctx.source)
     n = records.n_records()
     plan = plan_run(cfg, n, ctx.budget.adjacency, ctx.budget.delta, encoder_only=True)
     session = ctx.begin(plan.events())
@@ -270,6 +263,7 @@ def _publish(
         evaluated=cfg.evaluation.enabled,
         custodian_losses=cfg.custodian_losses,
         subset=cfg.subset,
+        own_data=cfg.data is not None,
     )
     names = list(spec.class_names)
     write_synthetic(
@@ -293,7 +287,9 @@ def _publish(
         wall_time_s=time.perf_counter() - ctx.started,
         hardware=hardware(cfg.device),
         privacy=privacy,
-        config=cfg.as_dict(),
+        # data URIs may carry user-info or a signed query: the report holds them redacted
+        config=cfg.as_dict()
+        | {k: storage.redact(v) for k in ("data", "data_dir") if (v := getattr(cfg, k))},
         stages=ctx.stages,
         latents=latents_info,
         artifacts=artifacts.release_listing(cfg.mode)

@@ -84,7 +84,7 @@ class CanaryTrainingSet(PrivateTrainingSet):
     appended after it, each present or absent by its coin alone)."""
 
     def __init__(self, base: PrivateTrainingSet, design: CanaryDesign) -> None:
-        super().__init__(base.dataset, base.data_dir, None)  # `open` delegates to `base`
+        super().__init__(base.source)  # `open` delegates to `base`
         self.subset = base.subset
         self.base = base
         self.design = design

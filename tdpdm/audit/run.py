@@ -90,7 +90,15 @@ def run_audit(
         job_id=cfg.job_id or f"audit-{cfg.dataset}-{cfg.mode}-{uuid.uuid4().hex[:8]}",
     )
 
-    spec = get_spec(cfg.dataset)
+    if cfg.data is None:
+        spec = get_spec(cfg.dataset)
+        data_dir = ensure_dataset(
+            cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
+        )
+        base = training_set(cfg, data_dir)
+    else:  # your own data: its structure checked here, before any charge
+        base = training_set(cfg, cfg.data)
+        spec = base.describe()
     budget = Ledger(cfg.ledger).budget(cfg.dataset)
     adjacency = budget.adjacency if budget is not None else default_adjacency(cfg.mode)
     design = make_canaries(
@@ -100,11 +108,8 @@ def run_audit(
         shape=spec.image_shape,
         num_classes=spec.num_classes,
     )
-    data_dir = ensure_dataset(
-        cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
-    )
     # the configured training set (a subset draws its own secret key), canaries appended
-    records = CanaryTrainingSet(training_set(cfg, data_dir), design)
+    records = CanaryTrainingSet(base, design)
     log(
         f"audit: {canaries} canaries ({int(design.included.sum())} inserted, "
         f"{'paired swap' if design.paired else 'add/remove'} design), scorer {name}"

@@ -48,6 +48,16 @@ class DatasetSpec:
             if set(getattr(self, what)) != set(FILE_KEYS):
                 raise ValueError(f"{self.name}: {what} must have exactly the keys {FILE_KEYS}")
 
+    @property
+    def channels(self) -> int:
+        """Grey, as every built-in (the same attribute as `sources.SourceInfo`)."""
+        return 1
+
+    @property
+    def image_size(self) -> int:
+        """The side of the (square) images (the same attribute as `sources.SourceInfo`)."""
+        return self.image_shape[0]
+
     def accepted_gz_sha256(self, key: str) -> frozenset[str]:
         """Every known-good sha256 of the gzip file for ``key``."""
         return frozenset(h for h in (self.sha256.get(key), self.mirror_sha256.get(key)) if h)

@@ -3,8 +3,13 @@
 DESIGN 3.1: every read of private records is a mechanism on the ledger. So nothing in the
 package gets the sensitive arrays except through `PrivateTrainingSet.open(grant)`, and a grant is
 only valid while the ledger holds an open charge for this data set. Before that, the only thing
-anyone may learn is the record count (from the labels file header), which DP-SGD treats as
-public because it sets the sampling rate. Refusing a plan therefore reads no record at all.
+anyone may learn is the source's public description (`DataSource.describe`: the record count,
+which DP-SGD treats as public because it sets the sampling rate, the declared classes, the image
+shape). Refusing a plan therefore reads no record at all.
+
+The records come from a `tdpdm.data.sources.DataSource`: a built-in IDX data set (named as
+before: `PrivateTrainingSet("mnist", data_dir, ...)`), an image folder, Parquet, `.npz` or
+arrays in memory.
 """
 
 from __future__ import annotations
@@ -13,9 +18,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from tdpdm.data.catalog import get_spec
 from tdpdm.data.errors import DataError
-from tdpdm.data.loader import check_split_headers, load_split
+from tdpdm.data.sources import DataSource, IDXSource, SourceInfo
 
 
 class PrivateAccessError(PermissionError):
@@ -53,13 +57,19 @@ class PrivateTrainingSet:
 
     def __init__(
         self,
-        dataset: str,
-        data_dir: str,
-        subset: int | None,
+        dataset: str | DataSource,
+        data_dir: str | None = None,
+        subset: int | None = None,
         subset_key: SecretStream | None = None,
     ) -> None:
-        self.spec = get_spec(dataset)
-        self.dataset = dataset
+        if isinstance(dataset, DataSource):
+            self.source = dataset
+        elif data_dir is None:
+            raise ValueError("a built-in data set needs its data_dir")
+        else:
+            self.source = IDXSource(dataset, data_dir)
+        self.dataset = self.source.name
+        """The ledger's name for the data set: a grant must be for it."""
         self.data_dir = data_dir
         self.subset = subset
         self.reads = 0
@@ -71,18 +81,21 @@ class PrivateTrainingSet:
         if subset is not None and not isinstance(subset_key, SecretStream):
             raise ValueError("a subset needs a secret key for its per-record draws")
 
+    def describe(self) -> SourceInfo:
+        """The source's public description, after its structural checks (no record read)."""
+        return self.source.describe()
+
     def n_records(self) -> int:
-        """Records that planning uses: min(subset, file count), from the header only (for a
+        """Records that planning uses: min(subset, record count), from structure only (for a
         subset this is the expected size of the Poisson sample: public, fixed before reading)."""
-        # Both headers are checked (dtype, shape, counts), so a malformed data set is refused
-        # here, before any ledger charge; the items themselves stay sealed.
-        total = check_split_headers(self.dataset, self.data_dir, "train")
-        if total == 0:
-            raise DataError(f"{self.dataset}: the training split at {self.data_dir} is empty")
+        # The source checks structure (headers, listing, dtypes), so a malformed data set is
+        # refused here, before any ledger charge; the items themselves stay sealed.
+        total = self.describe().n_records
         return total if self.subset is None else min(self.subset, total)
 
     def open(self, grant: AccessGrant) -> tuple[np.ndarray, np.ndarray]:
-        """Images uint8 (N, H, W) and labels int64 (N,); refused without an active grant."""
+        """Images uint8, (N, H, W) grey or (N, 3, H, W) RGB, and labels int64 (N,); refused
+        without an active grant."""
         if not isinstance(grant, AccessGrant):
             raise PrivateAccessError("reading private records needs a ledger grant")
         if grant.dataset != self.dataset:
@@ -94,9 +107,11 @@ class PrivateTrainingSet:
                 f"ledger charge {grant.charge_id} is not open; private records stay sealed"
             )
         self.reads += 1  # before the first byte: a failure from here on settles, never refunds
-        images, labels = load_split(self.dataset, self.data_dir, "train")
+        images, labels = self.source.read()
         if len(images) == 0:
-            raise DataError(f"{self.dataset}: the training split at {self.data_dir} is empty")
+            raise DataError(f"{self.dataset}: the training set is empty")
+        if images.shape[1] == 1:
+            images = images[:, 0]  # grey stays (N, H, W), as the models have always taken it
         if self._subset_key is not None and self.subset is not None and self.subset < len(images):
             # one independent draw per record, in file order
             keep = self._subset_key.numpy().random(len(images)) < self.subset / len(images)

@@ -196,6 +196,24 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     return data
 
 
+def read_head(uri: str, n: int) -> tuple[bytes, bool]:
+    """The first `n` bytes of a file (one ranged read on an object store), and whether that is
+    the whole file."""
+    fs, path = resolve(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            head = _read_bounded(f, n + 1)
+    except FileNotFoundError as exc:
+        raise _fail(uri, "not found") from exc
+    except IsADirectoryError as exc:
+        raise _fail(uri, "is a directory, not a file") from exc
+    except PermissionError as exc:
+        raise _fail(uri, "permission denied") from exc
+    except Exception as exc:
+        raise _fail(uri, "cannot read", exc) from exc
+    return head[:n], len(head) <= n
+
+
 def _fsync_dir(path: str) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
         fd = os.open(path, os.O_RDONLY)
@@ -286,6 +304,31 @@ def makedirs(uri: str) -> None:
         fs.makedirs(path, exist_ok=True)
     except Exception as exc:
         raise _fail(uri, "cannot create directory", exc) from exc
+
+
+def list_entries(uri: str) -> list[tuple[str, bool]]:
+    """Sorted (name, is_directory) of the entries directly inside a directory, in one listing
+    (an object store answers one request, not one per entry)."""
+    fs, path = resolve(uri)
+    try:
+        fs.invalidate_cache(path)  # a listing cached earlier in this process may be stale
+        if not fs.isdir(path):
+            problem = "not a directory" if fs.exists(path) else "directory not found"
+            raise _fail(uri, problem)
+        entries = fs.ls(path, detail=True)
+    except DataError:
+        raise
+    except FileNotFoundError as exc:
+        raise _fail(uri, "directory not found") from exc
+    except Exception as exc:
+        raise _fail(uri, "cannot list directory", exc) from exc
+    out: dict[str, bool] = {}
+    for e in entries:
+        full = str(e.get("name", "")).rstrip("/")
+        name = full.rsplit("/", 1)[-1]
+        if name and full != path.rstrip("/"):  # some stores list the prefix itself
+            out[name] = e.get("type") == "directory"
+    return sorted(out.items())
 
 
 def listdir(uri: str) -> list[str]:

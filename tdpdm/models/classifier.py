@@ -2,7 +2,9 @@
 
 Architecture as in DPDM (Dockhorn et al., TMLR 2023): three 3x3 conv layers (32, 64, 128
 channels), each followed by ReLU and 2x2 max-pooling, then dropout 0.5 and a 1152-128-10 MLP.
-Padding 1 keeps 28 -> 14 -> 7 -> 3, hence the flattened size 128 * 3 * 3 = 1152.
+Padding 1 keeps 28 -> 14 -> 7 -> 3, hence the flattened size 128 * 3 * 3 = 1152. Other image
+sizes and RGB (your own data, issue 15) keep the layers: the flattened size is
+128 * (size // 8)^2 and the first convolution takes `in_channels`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,20 @@ IMAGE_SIZE = 28
 
 
 class DPDMClassifier(nn.Module):
-    """CNN on (N, 1, 28, 28) float images in [0, 1]; returns class logits."""
+    """CNN on (N, C, S, S) float images in [0, 1] (DPDM's: C 1, S 28); returns class logits."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        dropout: float = 0.5,
+        image_size: int = IMAGE_SIZE,
+    ) -> None:
         super().__init__()
+        if image_size < 8:
+            raise ValueError(
+                f"image_size must be at least 8 (three 2x2 poolings), not {image_size}"
+            )
         self.num_classes = num_classes
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1),
@@ -35,11 +47,11 @@ class DPDMClassifier(nn.Module):
             nn.Flatten(),
         )
         self.dropout = nn.Dropout(dropout)
-        self.fc1 = nn.Linear(FLAT_FEATURES, FEATURE_DIM)
+        self.fc1 = nn.Linear(128 * (image_size // 8) ** 2, FEATURE_DIM)
         self.fc2 = nn.Linear(FEATURE_DIM, num_classes)
 
     def flat(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened conv output (N, 1152).
+        """Flattened conv output (N, 1152 at 28x28).
 
         Inputs are mapped to [-1, 1] without data-set statistics, so one definition serves
         MNIST and Fashion-MNIST alike.
@@ -55,7 +67,7 @@ class DPDMClassifier(nn.Module):
 
 
 def to_model_input(images: np.ndarray | torch.Tensor, device: str | torch.device) -> torch.Tensor:
-    """uint8 (N, H, W) images -> float (N, 1, H, W) in [0, 1] on `device`.
+    """uint8 (N, H, W) or (N, C, H, W) images -> float (N, C, H, W) in [0, 1] on `device`.
 
     Conversion happens on the device so a whole uint8 data set can live there (4x smaller).
     """
@@ -64,4 +76,5 @@ def to_model_input(images: np.ndarray | torch.Tensor, device: str | torch.device
     t = images.to(device)
     if t.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images, got {t.dtype}")
-    return (t.float() / 255.0).unsqueeze(1)
+    t = t.float() / 255.0
+    return t.unsqueeze(1) if t.ndim == 3 else t

@@ -37,7 +37,12 @@ def covered_outputs(mode: str, mechanism: str) -> list[str]:
 
 
 def not_covered(
-    mode: str, *, evaluated: bool, custodian_losses: bool, subset: int | None
+    mode: str,
+    *,
+    evaluated: bool,
+    custodian_losses: bool,
+    subset: int | None,
+    own_data: bool = False,
 ) -> list[str]:
     """What the guarantee does not cover, in the order a privacy officer reads it."""
     items = []
@@ -52,6 +57,12 @@ def not_covered(
             "opposed to its value) is not hidden"
         )
     items.append("the number of training records is treated as public (it sets the sampling rate)")
+    if own_data:
+        items.append(
+            "the label set (the class names the custodian declared: --classes, the folder or "
+            "ClassLabel names), the image size and the channels are treated as public metadata; "
+            "labels, pixels and per-class counts stay private"
+        )
     if subset is not None:
         items.append(
             f"subset: each record was kept independently with probability {subset}/N (secret "
@@ -116,6 +127,7 @@ def privacy_section(
     evaluated: bool,
     custodian_losses: bool,
     subset: int | None,
+    own_data: bool = False,
 ) -> dict[str, Any]:
     """The report's `privacy` section: the bound, what ran, and what it covers, in words."""
     words = bound.adjacency.in_words()
@@ -139,6 +151,10 @@ def privacy_section(
         ),
         "randomness": RANDOMNESS,
         "not_covered": not_covered(
-            mode, evaluated=evaluated, custodian_losses=custodian_losses, subset=subset
+            mode,
+            evaluated=evaluated,
+            custodian_losses=custodian_losses,
+            subset=subset,
+            own_data=own_data,
         ),
     }

@@ -22,11 +22,14 @@ LABEL_PAD = 6
 
 
 def _as_images(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) grey or (N, H, W, 3) RGB, from those or (N, 1|3, H, W) or (N, H, W, 1)."""
     arr = np.asarray(images)
+    if arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(0, 2, 3, 1)  # channels first (the data sources' layout)
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise ValueError(f"images must have shape (N, H, W), got {arr.shape}")
+    if arr.ndim != 3 and not (arr.ndim == 4 and arr.shape[-1] == 3):
+        raise ValueError(f"images must have shape (N, H, W) or (N, H, W, 3), got {arr.shape}")
     if arr.dtype != np.uint8:
         raise ValueError(f"images must be uint8, got {arr.dtype}")
     return arr
@@ -66,7 +69,7 @@ def render_sample_grid(
     class_names: Sequence[str] | None = None,
     show_labels: bool = True,
 ) -> Image.Image:
-    """Build the grid as a greyscale Pillow image.
+    """Build the grid as a Pillow image: greyscale, or RGB for colour images.
 
     Row ``c`` holds the first ``per_class`` images labelled ``c`` (in input order, so the grid is
     deterministic); missing samples leave light-grey cells. Pixels are enlarged ``scale`` times
@@ -80,22 +83,24 @@ def render_sample_grid(
     if per_class < 1 or num_classes < 1 or scale < 1:
         raise ValueError("per_class, num_classes and scale must all be >= 1")
     h, w = arr.shape[1] * scale, arr.shape[2] * scale
-    cells = np.full((num_classes * h, per_class * w), BLANK_VALUE, dtype=np.uint8)
+    colour = arr.shape[3:]  # () grey, (3,) RGB
+    cells = np.full((num_classes * h, per_class * w, *colour), BLANK_VALUE, dtype=np.uint8)
     for c in range(num_classes):
         idx = np.flatnonzero(lab == c)[:per_class]
         for j, i in enumerate(idx):
             big = np.repeat(np.repeat(arr[i], scale, axis=0), scale, axis=1)
             cells[c * h : (c + 1) * h, j * w : (j + 1) * w] = big
-    grid = Image.fromarray(cells)  # 2-D uint8: mode "L"
+    grid = Image.fromarray(cells)  # mode "L" (2-D) or "RGB"
     if not show_labels:
         return grid
     texts = _label_texts(num_classes, class_names)
     label_w, font = _label_column(texts, h)
-    out = Image.new("L", (label_w + grid.width, grid.height), 255)
+    white, black = (255, 0) if grid.mode == "L" else ((255,) * 3, (0,) * 3)
+    out = Image.new(grid.mode, (label_w + grid.width, grid.height), white)
     out.paste(grid, (label_w, 0))
     draw = ImageDraw.Draw(out)
     for c, text in enumerate(texts):
-        draw.text((label_w - LABEL_PAD, c * h + h / 2), text, fill=0, font=font, anchor="rm")
+        draw.text((label_w - LABEL_PAD, c * h + h / 2), text, fill=black, font=font, anchor="rm")
     return out
 
 

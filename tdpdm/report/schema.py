@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from tdpdm.choices import Adjacency, Dataset, Mode
+from tdpdm.choices import DATASET_NAME, Adjacency, Mode
 from tdpdm.data import storage
 
 TrialStatus = Literal["completed", "stopped_by_asha", "refused", "failed"]
@@ -37,6 +37,8 @@ Count = Annotated[int, Field(ge=1), BeforeValidator(_integral)]  # bounds first:
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 Delta = Annotated[float, Field(gt=0, lt=1)]
+DatasetName = Annotated[str, Field(pattern=DATASET_NAME)]
+"""A built-in's name or the name of the user's own data (the ledger's key)."""
 Text = Annotated[str, Field(pattern=r"\S")]
 """Text with at least one non-blank character."""
 
@@ -183,7 +185,7 @@ class Report(_Part):
 
     tdpdm_version: str
     run_id: str
-    dataset: Dataset
+    dataset: DatasetName
     mode: Mode
     n_records: Count
     seed: Int

@@ -17,9 +17,15 @@ import torch
 
 from tdpdm.config import RunConfig
 from tdpdm.data import storage
-from tdpdm.data.catalog import DatasetSpec, get_spec
+from tdpdm.data.catalog import DATASETS, DatasetSpec, get_spec
 from tdpdm.data.download import ensure_dataset
+from tdpdm.data.errors import DataError
+from tdpdm.data.inputs import data_source
+from tdpdm.data.private import PrivateTrainingSet
+from tdpdm.data.selection import unknown_dataset
+from tdpdm.data.sources import DataSource, IDXSource, SourceInfo
 from tdpdm.privacy.ledger import Budget, Ledger
+from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.artifacts import RunLayout
 from tdpdm.stages.plan import default_adjacency
@@ -35,7 +41,9 @@ class RunContext:
     """One job's surroundings. The config is validated and never changed afterwards."""
 
     cfg: RunConfig
-    spec: DatasetSpec
+    spec: DatasetSpec | SourceInfo
+    """Public: the class names and count the models use (a built-in's catalog entry, or your
+    data's description)."""
     job_id: str
     data_dir: str
     ledger: Ledger
@@ -54,22 +62,36 @@ class RunContext:
     """Custodian scratch (checkpoints with secret generator state) to delete on success."""
     losses: dict[str, float] = field(default_factory=dict)
     """Last training loss per stage: kept only when the custodian opted in."""
+    source: DataSource | None = None
+    """The user's own data (`cfg.data`), described (checked) once; None for a built-in."""
 
     @classmethod
-    def start(cls, cfg: RunConfig, log: Log, telemetry: Telemetry | None) -> RunContext:
+    def start(
+        cls,
+        cfg: RunConfig,
+        log: Log,
+        telemetry: Telemetry | None,
+        source: DataSource | None = None,
+    ) -> RunContext:
+        """`source`: records handed in (the Python API's arrays) instead of the configured."""
         started = time.perf_counter()
         torch.manual_seed(cfg.seed)  # public: initial weights and the synthetic sampler only
         # An output URI that cannot be written (odd scheme, NUL byte) must fail here, not after
         # the mechanisms ran and spent budget on results that could not be saved.
         storage.resolve(cfg.out)
-        data_dir = ensure_dataset(
-            cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
-        )
+        source = _checked_source(cfg, source)
+        if source is None:
+            data_dir = ensure_dataset(
+                cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
+            )
+        else:
+            data_dir = cfg.data or "(records passed in)"
         ledger = Ledger(cfg.ledger)
         budget, budget_is_new = _budget_for(ledger, cfg, log)
         return cls(
             cfg=cfg,
-            spec=get_spec(cfg.dataset),
+            spec=get_spec(cfg.dataset) if source is None else source.describe(),
+            source=source,
             job_id=cfg.job_id or f"{cfg.dataset}-{cfg.mode}-{uuid.uuid4().hex[:8]}",
             data_dir=data_dir,
             ledger=ledger,
@@ -155,6 +177,64 @@ def charged(ctx: RunContext, session: PrivacySession, was_read: Callable[[], boo
         raise
     session.settle(note=f"completed {ctx.job_id}")
     ctx.report_budget()
+
+
+def own_data(cfg: RunConfig) -> DataSource:
+    """`cfg.data`'s source, described (structure checked: refused here, before any charge)."""
+    assert cfg.data is not None
+    source = data_source(
+        cfg.data,
+        name=cfg.dataset,
+        image_size=cfg.image_size,
+        classes=cfg.classes,
+        channels=cfg.channels,
+    )
+    _check_model_shape(source.describe(), storage.redact(cfg.data))
+    return source
+
+
+def training_set(
+    cfg: RunConfig, data_dir: str, source: DataSource | None = None
+) -> PrivateTrainingSet:
+    """The configured training set (`source`, else the built-in or `cfg.data`'s); a subset
+    gets its own secret per-record draws."""
+    key = MechanismKey.fresh("subset") if cfg.subset is not None else None
+    source = source or (IDXSource(cfg.dataset, data_dir) if cfg.data is None else own_data(cfg))
+    return PrivateTrainingSet(source, data_dir, cfg.subset, subset_key=key)
+
+
+def handed_in(records: PrivateTrainingSet | None) -> DataSource | None:
+    """The user's own source of records handed to a run (None: none, or a built-in's)."""
+    if records is None or isinstance(records.source, IDXSource):
+        return None
+    return records.source
+
+
+def _checked_source(cfg: RunConfig, source: DataSource | None) -> DataSource | None:
+    """The run's own data (handed in, or `cfg.data`), checked; None for a built-in."""
+    if source is None:
+        if cfg.data is not None:
+            return own_data(cfg)
+        if cfg.dataset not in DATASETS:
+            raise DataError(unknown_dataset(cfg.dataset))
+        return None
+    if source.name != cfg.dataset:
+        raise DataError(
+            f"the records handed in are data set {source.name!r} but the run names "
+            f"{cfg.dataset!r}: the ledger charges one name"
+        )
+    _check_model_shape(source.describe(), source.name)
+    return source
+
+
+def _check_model_shape(info: SourceInfo, where: str) -> None:
+    # TODO(issue 15): the stage-1 models take `channels`/`image_size` (util's autoencoder
+    # change); until they are wired from `ctx.spec`, only grey 28x28 images are trained on.
+    if (info.channels, info.image_size) != (1, 28):
+        raise DataError(
+            f"{where}: {info.channels}-channel {info.image_size}x{info.image_size} images are "
+            "read, but the models take grey 28x28 for now (use --image-size 28 --channels 1)"
+        )
 
 
 def _budget_for(ledger: Ledger, cfg: RunConfig, log: Log) -> tuple[Budget, bool]:

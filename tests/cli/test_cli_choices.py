@@ -12,6 +12,7 @@ from tdpdm import choices
 from tdpdm.cli import build_parser
 from tdpdm.config import RunConfig, Stage1Config, Stage2Config
 from tdpdm.data.catalog import DATASETS as CATALOG
+from tdpdm.data.sources import NAME_RE
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.report.schema import Privacy, Report
 
@@ -37,11 +38,12 @@ def test_other_commands_use_the_same_sets() -> None:
 def test_config_and_report_validate_against_the_shared_literals() -> None:
     fields = RunConfig.model_fields
     assert fields["mode"].annotation is choices.Mode
-    assert fields["dataset"].annotation is choices.Dataset
+    # A data set is a built-in or the user's own (issue 15): one name pattern for both.
+    assert fields["dataset"].annotation is str
     assert Stage1Config.model_fields["mechanism"].annotation is choices.Stage1Mechanism
     assert Stage2Config.model_fields["released_model"].annotation is choices.ReleasedModel
     assert Report.model_fields["mode"].annotation is choices.Mode
-    assert Report.model_fields["dataset"].annotation is choices.Dataset
+    assert Report.model_fields["dataset"].metadata[0].pattern == choices.DATASET_NAME
     assert Privacy.model_fields["adjacency"].annotation is choices.Adjacency
 
 
@@ -49,4 +51,5 @@ def test_the_layers_below_know_the_same_names() -> None:
     """The data catalog (the bottom floor, importing no other layer) and the accountant's
     Adjacency enum keep their own definitions: they must name the same things."""
     assert set(CATALOG) == set(get_args(choices.Dataset))
+    assert NAME_RE.pattern == choices.DATASET_NAME
     assert {a.value for a in Adjacency} == set(get_args(choices.Adjacency))

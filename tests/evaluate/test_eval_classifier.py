@@ -43,3 +43,13 @@ def test_to_model_input_scales_uint8_to_unit_interval():
     assert torch.allclose(x.flatten(), torch.tensor([0.0, 1.0, 0.2, 0.4]))
     with pytest.raises(ValueError, match="uint8"):
         to_model_input(images.astype(np.float32), "cpu")
+
+
+def test_other_sizes_and_rgb_keep_the_layers() -> None:
+    """Your own data (issue 15): RGB 32x32 through the same three conv layers."""
+    images = np.zeros((2, 3, 32, 32), dtype=np.uint8)
+    model = DPDMClassifier(num_classes=4, in_channels=3, image_size=32).eval()
+    x = to_model_input(images, "cpu")
+    assert x.shape == (2, 3, 32, 32)
+    assert model(x).shape == (2, 4) and model.fc1.in_features == 128 * 4 * 4
+    assert DPDMClassifier().fc1.in_features == 1152  # DPDM's own, unchanged

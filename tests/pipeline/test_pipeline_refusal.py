@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tdpdm_test_support import tiny_run_overrides
 
-import tdpdm.data.private as private
+import tdpdm.data.sources as sources
 from tdpdm.config import load_config
 from tdpdm.pipeline import run_pipeline
 from tdpdm.privacy.ledger import BudgetExceededError, Ledger
@@ -25,13 +25,13 @@ def test_over_budget_plan_refused_before_any_read(
     before = Path(cfg.ledger).read_bytes()
 
     reads: list[tuple] = []
-    real = private.load_split
+    real = sources.load_split
 
     def recording(*args, **kwargs):
         reads.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(private, "load_split", recording)
+    monkeypatch.setattr(sources, "load_split", recording)
     logged: list[str] = []
     with pytest.raises(BudgetExceededError) as info:
         run_pipeline(cfg, log=logged.append)

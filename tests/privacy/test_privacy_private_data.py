@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from privacy_support import DELTA
 
-import tdpdm.data.private as private
+import tdpdm.data.sources as sources
 from tdpdm.config import load_config
 from tdpdm.data.errors import DataError
 from tdpdm.data.private import PrivateAccessError, PrivateTrainingSet
@@ -39,15 +39,15 @@ def ledger(tmp_path: Path) -> Ledger:
 
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    """Record (and allow) every call of the real loader made through the private module."""
+    """Record (and allow) every call of the real loader made by the built-in (IDX) source."""
     calls: list[tuple] = []
-    real = private.load_split
+    real = sources.load_split
 
     def recording(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(private, "load_split", recording)
+    monkeypatch.setattr(sources, "load_split", recording)
     return calls
 
 
@@ -100,7 +100,7 @@ def test_grant_naming_a_dataset_its_charge_is_not_for_is_refused(
     def sealed(*args, **kwargs):
         raise Sealed("records were read")
 
-    monkeypatch.setattr(private, "load_split", sealed)
+    monkeypatch.setattr(sources, "load_split", sealed)
     fashion = PrivacySession.begin(ledger, "fashion-mnist", "job", PLAN)
     forged = LedgerGrant(ledger, "mnist", fashion.charge.charge_id)
     with pytest.raises(PrivateAccessError):
@@ -142,7 +142,7 @@ def test_n_records_reads_only_the_header(
     def sealed(*args, **kwargs):
         raise Sealed("records were read")
 
-    monkeypatch.setattr(private, "load_split", sealed)
+    monkeypatch.setattr(sources, "load_split", sealed)
     assert PrivateTrainingSet("mnist", str(shared_datasets), None).n_records() == 60000
     # A subset plans with its expected size m (public), never the realised one.
     assert _records(shared_datasets, subset=1500).n_records() == 1500

@@ -91,3 +91,17 @@ def test_class_names_length_checked(sample_images: tuple[np.ndarray, np.ndarray]
     images, labels = sample_images
     with pytest.raises(ValueError, match="class_names"):
         render_sample_grid(images, labels, class_names=["a", "b"])
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "channels-first"])
+def test_rgb_images_give_an_rgb_grid(layout: str) -> None:
+    """Your own data may be RGB (issue 15): the grid keeps the colours, either layout."""
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    images[..., 0] = 200  # red
+    labels = np.array([0, 1, 0, 1])
+    given = images if layout == "channels-last" else images.transpose(0, 3, 1, 2)
+    grid = render_sample_grid(given, labels, per_class=2, num_classes=2, show_labels=False)
+    assert grid.mode == "RGB" and grid.size == (2 * 16, 2 * 16)
+    assert grid.getpixel((0, 0)) == (200, 0, 0)
+    labelled = render_sample_grid(given, labels, per_class=2, num_classes=2, class_names="ab")
+    assert labelled.mode == "RGB"

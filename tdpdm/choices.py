@@ -27,6 +27,9 @@ ReleasedModel = Literal["deconvolution", "diffusion"]
 PrivateModel = Literal["diffusion", "dp-moments"]
 """`private` mode's stage 2: DP-SGD latent diffusion, or class Gaussians from DP moments."""
 
+LatentShape = Literal["vector", "spatial"]
+"""Stage 1's autoencoder latent: a dense vector, or C feature maps at a quarter of the size."""
+
 MomentsCovariance = Literal["full", "diagonal"]
 """dp-moments: full covariances, or diagonal ones (d noisy entries per class, not d(d+1)/2)."""
 

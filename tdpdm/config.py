@@ -32,6 +32,7 @@ from tdpdm.choices import (  # noqa: F401 (the config's names)
     MODES,
     STAGE1_MECHANISMS,
     Dataset,
+    LatentShape,
     Mode,
     MomentsCovariance,
     PrivateModel,
@@ -113,7 +114,11 @@ class Section(BaseModel):
 class Stage1Config(Section):
     """Privacy encoding: the DP-SGD autoencoder."""
 
+    latent: LatentShape = "vector"
+    """`vector`: `latent_dim` numbers; `spatial`: `latent_channels` maps at a quarter of the
+    image size, flattened (2x7x7 = 98 on MNIST). Stage 2 gets a flat vector in [-1, 1] anyway."""
     latent_dim: PositiveInt = 32
+    latent_channels: PositiveInt = 2
     width: PositiveInt = 32
     epochs: PositiveFloat = 4.0
     batch_size: PositiveInt = 512

@@ -48,6 +48,7 @@ from tdpdm.stages.artifacts import (
     write_manifest,
 )
 from tdpdm.stages.context import Log, RunContext, charged, handed_in, training_set
+from tdpdm.stages.encode import latent_size
 from tdpdm.stages.latents_io import read_latents
 from tdpdm.stages.plan import plan_run
 from tdpdm.stages.sample import generate
@@ -147,6 +148,8 @@ def run_encode_stage(
         "n_records": n,
         "seed": cfg.seed,
         "latent_dim": s1.latent_dim,
+        "latent": s1.latent,
+        "latent_channels": s1.latent_channels,
         "mechanism": s1.mechanism,
         "vae_hidden": s1.vae_hidden,
         "width": s1.width,
@@ -175,6 +178,8 @@ def run_diffuse_stage(
             )
     stage1 = cfg.stage1.replace(
         latent_dim=manifest["latent_dim"],
+        latent=manifest.get("latent", "vector"),
+        latent_channels=manifest.get("latent_channels", cfg.stage1.latent_channels),
         width=manifest["width"],
         mechanism=manifest.get("mechanism", "dpsgd-autoencoder"),
         vae_hidden=manifest.get("vae_hidden", cfg.stage1.vae_hidden),
@@ -329,7 +334,7 @@ def _tuned_stage2(
             run_id=ctx.job_id,
             n_records=n,
             num_classes=ctx.spec.num_classes,
-            latent_dim=cfg.stage1.latent_dim,
+            latent_dim=latent_size(cfg.stage1),
             latents_uri=latents_uri,
             stage1_events=stage1_events,
             adjacency=ctx.budget.adjacency,

@@ -25,10 +25,16 @@ import torch
 
 from tdpdm.config import RunConfig
 from tdpdm.data import storage
-from tdpdm.models.autoencoder import ConvAutoencoder
+from tdpdm.models.autoencoder import LatentAutoencoder
 from tdpdm.privacy.randomness import KEY_BITS, MechanismKey
 from tdpdm.stages.artifacts import AUTOENCODER, LATENTS, RELEASE, load_model_state
-from tdpdm.stages.encode import encode, images_to_tensor, new_autoencoder, reconstruction_loss
+from tdpdm.stages.encode import (
+    build_autoencoder,
+    encode,
+    images_to_tensor,
+    new_autoencoder,
+    reconstruction_loss,
+)
 from tdpdm.stages.latents_io import read_label_vectors, read_latents
 
 
@@ -49,13 +55,13 @@ class RunArtifacts:
         return storage.join(self.out, RELEASE, *parts)
 
     @cached_property
-    def autoencoder(self) -> ConvAutoencoder:
+    def autoencoder(self) -> LatentAutoencoder:
         if stage1_mechanism(self.cfg) != "dpsgd-autoencoder":
             raise ValueError(
-                f"the built-in scorers read a ConvAutoencoder checkpoint, not stage1.mechanism "
+                f"the built-in scorers read an autoencoder checkpoint, not stage1.mechanism "
                 f"{stage1_mechanism(self.cfg)!r}"
             )
-        model = ConvAutoencoder(self.cfg.stage1.latent_dim, self.cfg.stage1.width)
+        model = build_autoencoder(self.cfg.stage1)
         load_model_state(self.release(self.autoencoder_path), model)
         return model.eval()
 
@@ -68,7 +74,7 @@ class RunArtifacts:
         return model.eval()
 
     @cached_property
-    def initial_autoencoder(self) -> ConvAutoencoder:
+    def initial_autoencoder(self) -> LatentAutoencoder:
         """The weights training started from: public, since the seed and config are (built by
         the same function the pipeline uses)."""
         return new_autoencoder(self.cfg.stage1, self.cfg.seed).eval()
@@ -113,7 +119,7 @@ cannot attack that configuration) and `details` (a JSON-able dict the audit repo
 
 
 @torch.no_grad()
-def _per_record_loss(model: ConvAutoencoder, images: np.ndarray, batch: int = 512) -> np.ndarray:
+def _per_record_loss(model: LatentAutoencoder, images: np.ndarray, batch: int = 512) -> np.ndarray:
     out = [
         reconstruction_loss(model, [images_to_tensor(images[i : i + batch])])
         for i in range(0, len(images), batch)

@@ -1,9 +1,18 @@
-"""The stage-1 convolutional autoencoder.
+"""The stage-1 convolutional autoencoders.
 
 GroupNorm, not BatchNorm: DP-SGD needs per-sample gradients and BatchNorm mixes samples.
-The latent is a flat vector squashed by tanh into [-1, 1]^d, so its scale is fixed by
-construction: stage 2 needs no data-dependent normalisation (which would be an unaccounted
-read of private statistics), and a per-record release can clip to a known norm.
+The latent handed to stage 2 is always a flat vector squashed by tanh into [-1, 1]^d, so its
+scale is fixed by construction: stage 2 needs no data-dependent normalisation (which would be an
+unaccounted read of private statistics), and a per-record release can clip to a known norm.
+
+Two shapes of latent (`stage1.latent`):
+- `vector` (`ConvAutoencoder`): a dense layer maps the 7x7 feature map to `latent_dim` numbers.
+- `spatial` (`SpatialAutoencoder`): a 1x1 convolution maps it to `latent_channels` x 7 x 7
+  (for 28x28 images), flattened: d = latent_channels * (image_size / 4)^2. DESIGN section 8: a
+  2x7x7 spatial latent trained on all 60k MNIST records gives reconstructions on which the CNN
+  scores 98.3-98.7 %, against the vector latent's visible loss.
+
+Both take `channels` (1 grey, 3 RGB) and `image_size` (a multiple of 4; two stride-2 stages).
 """
 
 from __future__ import annotations
@@ -16,32 +25,37 @@ def _block(cin: int, cout: int, groups: int, **conv: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, **conv), nn.GroupNorm(groups, cout), nn.SiLU())
 
 
-class ConvAutoencoder(nn.Module):
-    """28x28 grey images in [0, 1] <-> latent vectors in [-1, 1]^latent_dim."""
+def _check_size(image_size: int) -> int:
+    if image_size < 4 or image_size % 4:
+        raise ValueError(f"image_size must be a positive multiple of 4, not {image_size}")
+    return image_size // 4
 
-    def __init__(self, latent_dim: int = 32, width: int = 32, groups: int = 4) -> None:
-        super().__init__()
-        self.latent_dim, self.width = latent_dim, width
-        w2 = 2 * width
-        # Strided convolutions straight from the input: DP-SGD's per-sample gradients of a
-        # convolution cost in proportion to its output size, so no conv runs at 28x28 in the
-        # encoder (about 3x faster under Opacus on CPU than a full-resolution stem).
-        self.encoder = nn.Sequential(
-            _block(1, width, groups, kernel_size=4, stride=2, padding=1),  # 14x14
-            _block(width, w2, groups, kernel_size=4, stride=2, padding=1),  # 7x7
-            nn.Flatten(),
-            nn.Linear(w2 * 49, latent_dim),
-            nn.Tanh(),
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, w2 * 49),
-            nn.SiLU(),
-            nn.Unflatten(1, (w2, 7, 7)),
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            _block(w2, width, groups, kernel_size=3, padding=1),  # 14x14
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(width, 1, kernel_size=3, padding=1),  # 28x28 logits
-        )
+
+def _downsample(channels: int, width: int, groups: int) -> list[nn.Module]:
+    # Strided convolutions straight from the input: DP-SGD's per-sample gradients of a
+    # convolution cost in proportion to its output size, so no conv runs at full resolution in
+    # the encoder (about 3x faster under Opacus on CPU than a full-resolution stem).
+    return [
+        _block(channels, width, groups, kernel_size=4, stride=2, padding=1),  # size/2
+        _block(width, 2 * width, groups, kernel_size=4, stride=2, padding=1),  # size/4
+    ]
+
+
+def _upsample(width: int, groups: int, channels: int) -> list[nn.Module]:
+    return [
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        _block(2 * width, width, groups, kernel_size=3, padding=1),  # size/2
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(width, channels, kernel_size=3, padding=1),  # full-size logits
+    ]
+
+
+class LatentAutoencoder(nn.Module):
+    """Images in [0, 1] (N, channels, size, size) <-> latent vectors in [-1, 1]^latent_dim."""
+
+    latent_dim: int
+    encoder: nn.Module
+    decoder: nn.Module
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -55,3 +69,63 @@ class ConvAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction logits (train with BCE-with-logits against x)."""
         return self.decode_logits(self.encode(x))
+
+
+class ConvAutoencoder(LatentAutoencoder):
+    """The `vector` latent: a dense bottleneck of `latent_dim` numbers."""
+
+    def __init__(
+        self,
+        latent_dim: int = 32,
+        width: int = 32,
+        groups: int = 4,
+        *,
+        channels: int = 1,
+        image_size: int = 28,
+    ) -> None:
+        super().__init__()
+        self.latent_dim, self.width = latent_dim, width
+        self.channels, self.image_size = channels, image_size
+        s, w2 = _check_size(image_size), 2 * width
+        self.encoder = nn.Sequential(
+            *_downsample(channels, width, groups),
+            nn.Flatten(),
+            nn.Linear(w2 * s * s, latent_dim),
+            nn.Tanh(),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, w2 * s * s),
+            nn.SiLU(),
+            nn.Unflatten(1, (w2, s, s)),
+            *_upsample(width, groups, channels),
+        )
+
+
+class SpatialAutoencoder(LatentAutoencoder):
+    """The `spatial` latent: `latent_channels` feature maps at a quarter of the image size."""
+
+    def __init__(
+        self,
+        latent_channels: int = 2,
+        width: int = 32,
+        groups: int = 4,
+        *,
+        channels: int = 1,
+        image_size: int = 28,
+    ) -> None:
+        super().__init__()
+        s, w2 = _check_size(image_size), 2 * width
+        self.latent_channels, self.width = latent_channels, width
+        self.channels, self.image_size = channels, image_size
+        self.latent_dim = latent_channels * s * s
+        self.encoder = nn.Sequential(
+            *_downsample(channels, width, groups),
+            nn.Conv2d(w2, latent_channels, kernel_size=1),
+            nn.Tanh(),
+            nn.Flatten(),
+        )
+        self.decoder = nn.Sequential(
+            nn.Unflatten(1, (latent_channels, s, s)),
+            _block(latent_channels, w2, groups, kernel_size=3, padding=1),
+            *_upsample(width, groups, channels),
+        )

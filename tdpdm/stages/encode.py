@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdpdm.config import Stage1Config
-from tdpdm.models.autoencoder import ConvAutoencoder
+from tdpdm.models.autoencoder import ConvAutoencoder, LatentAutoencoder, SpatialAutoencoder
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
@@ -30,10 +30,27 @@ def reconstruction_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Te
     return per_pixel.mean(dim=(1, 2, 3))
 
 
-def new_autoencoder(cfg: Stage1Config, seed: int) -> ConvAutoencoder:
+def build_autoencoder(
+    cfg: Stage1Config, *, channels: int = 1, image_size: int = 28
+) -> LatentAutoencoder:
+    """The configured autoencoder (`stage1.latent`), with whatever weights torch draws now."""
+    shape = {"channels": channels, "image_size": image_size}
+    if cfg.latent == "spatial":
+        return SpatialAutoencoder(cfg.latent_channels, cfg.width, **shape)
+    return ConvAutoencoder(cfg.latent_dim, cfg.width, **shape)
+
+
+def latent_size(cfg: Stage1Config, image_size: int = 28) -> int:
+    """The length of the flat latent vector stage 2 gets."""
+    if cfg.latent == "spatial":
+        return cfg.latent_channels * (image_size // 4) ** 2
+    return cfg.latent_dim
+
+
+def new_autoencoder(cfg: Stage1Config, seed: int) -> LatentAutoencoder:
     """The initial weights from `seed`: the same on every Ray worker and in-process."""
     torch.manual_seed(seed)
-    return ConvAutoencoder(latent_dim=cfg.latent_dim, width=cfg.width)
+    return build_autoencoder(cfg)
 
 
 def train_autoencoder(
@@ -47,7 +64,7 @@ def train_autoencoder(
     key: MechanismKey,
     progress: bool = True,
     on_step: StepCallback | None = None,
-) -> ConvAutoencoder:
+) -> LatentAutoencoder:
     """`seed`: the public initial weights; `key`: the DP-SGD segment's secret randomness."""
     model = new_autoencoder(cfg, seed)
     train_dpsgd(
@@ -68,7 +85,7 @@ def train_autoencoder(
 
 @torch.no_grad()
 def encode(
-    model: ConvAutoencoder, images: np.ndarray, device: str, batch: int = 2048
+    model: LatentAutoencoder, images: np.ndarray, device: str, batch: int = 2048
 ) -> np.ndarray:
     model.eval().to(device)
     out = [
@@ -80,7 +97,7 @@ def encode(
 
 @torch.no_grad()
 def decode(
-    model: ConvAutoencoder, latents: np.ndarray, device: str, batch: int = 2048
+    model: LatentAutoencoder, latents: np.ndarray, device: str, batch: int = 2048
 ) -> np.ndarray:
     """Latents -> uint8 images (N, 28, 28). Pure post-processing of DP outputs."""
     model.eval().to(device)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tdpdm.models.autoencoder import ConvAutoencoder
+from tdpdm.models.autoencoder import LatentAutoencoder
 from tdpdm.models.diffusion import LatentDenoiser, ddim_sample
 from tdpdm.stages.deconvolve import LatentMixture
 from tdpdm.stages.encode import decode
@@ -20,7 +20,7 @@ def balanced_labels(n: int, num_classes: int, seed: int) -> np.ndarray:
 
 def generate(
     denoiser: LatentDenoiser | LatentMixture,
-    autoencoder: ConvAutoencoder,
+    autoencoder: LatentAutoencoder,
     n: int,
     *,
     num_classes: int,

@@ -20,7 +20,6 @@ from torch import nn
 
 from tdpdm.config import RunConfig
 from tdpdm.data.private import PrivateTrainingSet
-from tdpdm.models.autoencoder import ConvAutoencoder
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import event_to_dict
 from tdpdm.privacy.randomness import MechanismKey
@@ -29,7 +28,13 @@ from tdpdm.stages import lipschitz_release as lipschitz
 from tdpdm.stages.artifacts import save_model
 from tdpdm.stages.context import RunContext
 from tdpdm.stages.dpsgd import DPSGDPlan, LossFn, train_dpsgd
-from tdpdm.stages.encode import encode, images_to_tensor, new_autoencoder, reconstruction_loss
+from tdpdm.stages.encode import (
+    build_autoencoder,
+    encode,
+    images_to_tensor,
+    new_autoencoder,
+    reconstruction_loss,
+)
 from tdpdm.stages.latents_io import write_latents
 from tdpdm.stages.plan import PrivacyPlan
 from tdpdm.stages.release import release_latents
@@ -91,7 +96,7 @@ class DPSGDAutoencoder:
         return functools.partial(new_autoencoder, cfg.stage1, cfg.seed)
 
     def blank(self, cfg: RunConfig) -> nn.Module:
-        return ConvAutoencoder(cfg.stage1.latent_dim, cfg.stage1.width)
+        return build_autoencoder(cfg.stage1)
 
     def produce(self, ctx, model, images, labels, plan, session) -> Stage1Output:
         latents = encode(model, images, ctx.cfg.device)

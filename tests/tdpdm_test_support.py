@@ -7,6 +7,8 @@ import path because tests/conftest.py lives there.
 - the settings of a tiny run (`tiny_run_overrides`, `tiny_run_sets`), on the local backend
   unless a test asks for Ray (tests/distributed), and such a run in this process
   (`run_tiny_pipeline`; tests/conftest.py shares one per mode: `private_run`, `released_run`),
+- one local Ray shared by the tests that run on Ray (`SharedRay`; tests/conftest.py's
+  `local_ray` fixture),
 - a free loopback port (`free_port`), one torch thread (`torch_threads`), capped evaluation
   splits (`small_evaluation_splits`),
 - external tools: Debian's chromium (`CHROMIUM`, `CHROMIUM_ARGS`, `needs_chromium`) and helm
@@ -15,12 +17,12 @@ import path because tests/conftest.py lives there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,7 +191,7 @@ def run_tiny_pipeline(root: Path, data_dir: Path, mode: str) -> FinishedRun:
 # -- process-local settings -------------------------------------------------------------------
 
 
-@contextmanager
+@contextlib.contextmanager
 def torch_threads(n: int = 1) -> Iterator[None]:
     """On a busy 2-core machine OpenMP spin-waits make 2 threads several times slower than 1."""
     import torch
@@ -206,7 +208,7 @@ EVAL_TRAIN_RECORDS = 3000
 EVAL_TEST_RECORDS = 2000
 
 
-@contextmanager
+@contextlib.contextmanager
 def small_evaluation_splits() -> Iterator[None]:
     """Cap the real splits the *evaluation* reads (not the private training read).
 
@@ -226,6 +228,37 @@ def small_evaluation_splits() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "load_split", capped)
         yield
+
+
+# -- Ray -------------------------------------------------------------------------------------
+
+
+class SharedRay:
+    """One private local Ray (2 CPUs, no dashboard) for every test that needs it, started with
+    the product's own `ray_session("local")` the first time and stopped on `stop()`.
+
+    Starting Ray costs 10-20 s on 2 busy cores; a run inside a test joins the running one
+    (`ray_session` reuses an initialised Ray), exactly as a `ray job` driver does."""
+
+    def __init__(self) -> None:
+        self._session: contextlib.ExitStack | None = None
+        self.last_user: str | None = None
+
+    def start(self) -> Any:
+        if self._session is None:
+            from tdpdm.distributed.ray_runtime import ray_session
+
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            stack = contextlib.ExitStack()
+            self.ray = stack.enter_context(ray_session("local", num_cpus=2))
+            self._session = stack
+        assert self.ray.is_initialized(), "the shared Ray was shut down behind its back"
+        return self.ray
+
+    def stop(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
 
 # -- network ---------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
 """`tdpdm run` with the main job's config runs stage 1 on Ray Train (a local Ray) by default.
+Here it joins the session's local Ray (`local_ray`); tests/lipschitz shows a run starting and
+stopping its own.
 
 Its checkpoints (every rank's sampling, noise and loss generator state: as secret as the
 mechanism key) are written to the custodian's work area and deleted once the run has succeeded.
@@ -82,7 +84,7 @@ def _checkpoints_at_deletion(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[s
 
 
 @pytest.mark.slow
-def test_main_job_runs_stage1_on_ray_train(tmp_path, monkeypatch, capsys):
+def test_main_job_runs_stage1_on_ray_train(local_ray, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     checkpoints = _checkpoints_at_deletion(monkeypatch)
@@ -122,7 +124,9 @@ def test_main_job_runs_stage1_on_ray_train(tmp_path, monkeypatch, capsys):
     assert "loss" not in capsys.readouterr().out.lower()
 
 
-def test_missing_ray_is_one_clear_line_and_spends_nothing(tmp_path, monkeypatch, capsys):
+def test_missing_ray_is_one_clear_line_and_spends_nothing(
+    no_ray_running, tmp_path, monkeypatch, capsys
+):
     for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError

@@ -164,14 +164,20 @@ def _watch_deletions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[st
 
 
 @pytest.mark.slow
-def test_lipschitz_run_on_ray_train(tmp_path, data_root, monkeypatch, observed_ratios, capsys):
+def test_lipschitz_run_on_ray_train(
+    no_ray_running, tmp_path, data_root, monkeypatch, observed_ratios, capsys
+):
     """Ray Train checkpoints hold every rank's sampling, noise and loss generator state (as
     good as the mechanism key): they are written to the custodian's work area only and deleted
     once the run has succeeded, and the release holds exactly the covered artefacts (issue 11,
-    finding 2: they used to stay in <out>/ray next to the release)."""
+    finding 2: they used to stay in <out>/ray next to the release). No Ray was running: the
+    run starts its own local Ray and stops it at the end."""
+    import ray
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     deleted = _watch_deletions(monkeypatch)
     assert main(_args(tmp_path, data_root, "ray", "--set=distributed.num_workers=2")) == 0
+    assert not ray.is_initialized()
     report = _check_run(tmp_path, observed_ratios, capsys.readouterr().out)
     (encoder,) = [s for s in report["stages"] if s["name"] == "encoder"]
     assert encoder["details"]["backend"] == "ray" and encoder["details"]["num_workers"] == 2
@@ -216,10 +222,13 @@ def test_lipschitz_encode_then_diffuse(tmp_path, data_root) -> None:
 
 @pytest.mark.slow
 def test_lipschitz_release_feeds_a_ray_tune_search(
-    tmp_path, data_root, monkeypatch, observed_ratios, capsys
+    no_ray_running, tmp_path, data_root, monkeypatch, observed_ratios, capsys
 ) -> None:
     """Stage 2 searched with Ray Tune on the Lipschitz release: trials read only the release,
-    so the ledger holds the two stage-1 events and nothing else."""
+    so the ledger holds the two stage-1 events and nothing else. The local backend with no Ray
+    running: the search starts its own local Ray and stops it."""
+    import ray
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     tune = [
         "--set=stage2.released_model=diffusion",
@@ -233,6 +242,7 @@ def test_lipschitz_release_feeds_a_ray_tune_search(
         "--set=tune.depth=[1]",
     ]
     assert main(_args(tmp_path, data_root, "local", *tune)) == 0
+    assert not ray.is_initialized()
     report = _check_run(tmp_path, observed_ratios, capsys.readouterr().out)
     (tune_stage,) = [s for s in report["stages"] if s["name"] == "tune"]
     assert tune_stage["details"]["trials"] == 2 and tune_stage["details"]["dp_sgd"] is False

@@ -7,6 +7,9 @@ import path because tests/conftest.py lives there.
 - the settings of a tiny run (`tiny_run_overrides`, `tiny_run_sets`), on the local backend
   unless a test asks for Ray (tests/distributed), and such a run in this process
   (`run_tiny_pipeline`; tests/conftest.py shares one per mode: `private_run`, `released_run`),
+- what a finished run writes (`RUN_RELEASE_FILES`, `RUN_CUSTODIAN_FILES`, `files_under`,
+  `assert_run_parts`) and its Ray Train checkpoints (`watch_checkpoint_deletions`,
+  `assert_checkpoints_were_private_and_deleted`),
 - one local Ray shared by the tests that run on Ray (`SharedRay`; tests/conftest.py's
   `local_ray` fixture),
 - a free loopback port (`free_port`), one torch thread (`torch_threads`), capped evaluation
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import socket
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +190,85 @@ def run_tiny_pipeline(root: Path, data_dir: Path, mode: str) -> FinishedRun:
         mp.setattr(randomness, "_entropy", recording)
         result = run_pipeline(cfg, log=lambda m: None)
     return FinishedRun(cfg, result, root, drawn)
+
+
+# -- a run's outputs -------------------------------------------------------------------------
+
+RUN_RELEASE_FILES = frozenset(
+    {
+        "synthetic/part-0.parquet",
+        "samples.png",
+        "report.json",
+        "report.html",
+        "models/autoencoder.pt",
+        "models/diffusion.pt",
+    }
+)
+"""The release part of every finished run (relative paths); `released` mode adds its DP latents
+(`latents/latents.parquet`)."""
+RUN_CUSTODIAN_FILES = frozenset({"report.json", "report.html"})
+"""The custodian part of every finished run; `evaluation.json` where the evaluation ran, the
+private latents (`latents/latents.parquet`) in `private` mode."""
+
+
+def files_under(root: Path) -> set[str]:
+    """Every file below `root`, as a POSIX path relative to it."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def assert_run_parts(
+    out: Path, *, release: set[str] | frozenset[str], custodian: set[str] | frozenset[str]
+) -> None:
+    """`out` holds a release and a custodian part and nothing else: the release exactly the
+    files `release`, the custodian exactly `custodian`, each of those readable by the owner
+    only (0600: values read from private data without noise), no work area (checkpoints with
+    secret generator state) left behind."""
+    assert sorted(p.name for p in out.iterdir()) == ["custodian", "release"]
+    assert files_under(out / "release") == set(release)
+    assert files_under(out / "custodian") == set(custodian)
+    for name in sorted(custodian):
+        assert stat.S_IMODE((out / "custodian" / name).stat().st_mode) == 0o600, name
+    assert not (out / "custodian" / "work").exists()
+
+
+def watch_checkpoint_deletions(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[str]]:
+    """Every DP-SGD checkpoint under a tree the run deletes (`storage.remove_tree`), seen just
+    before the deletion: state file -> the fields it holds. Filled in as the run goes."""
+    import torch
+
+    from tdpdm.data import storage
+    from tdpdm.distributed.stage1_train import STATE_FILE
+
+    seen: dict[str, set[str]] = {}
+    real = storage.remove_tree
+
+    def recording(uri: str) -> None:
+        for path in Path(uri).rglob(f"checkpoint_*/{STATE_FILE}"):
+            seen[str(path)] = set(torch.load(path, map_location="cpu", weights_only=True))
+        real(uri)
+
+    monkeypatch.setattr(storage, "remove_tree", recording)
+    return seen
+
+
+def assert_checkpoints_were_private_and_deleted(
+    out: Path, checkpoints: dict[str, set[str]]
+) -> None:
+    """Ray Train checkpoints (`watch_checkpoint_deletions`) were written, to the custodian's
+    work area only, held every rank's generator states (as secret as the mechanism key), and
+    were deleted with it once the run succeeded (issue 11, finding 2: they used to stay in
+    <out>/ray next to the published outputs)."""
+    from tdpdm.distributed.stage1_train import STATE_FILE
+    from tdpdm.stages.artifacts import RunLayout
+
+    work = Path(RunLayout(str(out)).work)
+    assert checkpoints, "no Ray Train checkpoint was written under the work area"
+    for path, fields in checkpoints.items():
+        assert Path(path).is_relative_to(work / "ray"), path
+        assert {"sampler_rng", "noise_rng", "loss_rng"} <= fields
+    assert not work.exists()
+    assert not list(out.rglob("checkpoint_*")) and not list(out.rglob("*-stage1-*"))
+    assert not list(out.rglob(STATE_FILE))
 
 
 # -- process-local settings -------------------------------------------------------------------

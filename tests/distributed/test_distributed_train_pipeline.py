@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from tdpdm_test_support import shared_datasets_root
+from tdpdm_test_support import (
+    assert_checkpoints_were_private_and_deleted,
+    shared_datasets_root,
+    watch_checkpoint_deletions,
+)
 
 from tdpdm.cli import main
-from tdpdm.data import storage
-from tdpdm.distributed.stage1_train import STATE_FILE
 from tdpdm.privacy.ledger import Ledger
 from tdpdm.stages.artifacts import RunLayout
 from tdpdm.telemetry import Telemetry
@@ -68,26 +69,11 @@ class _Steps(Telemetry):
         self.steps[stage] = self.steps.get(stage, 0) + steps
 
 
-def _checkpoints_at_deletion(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[str]]:
-    """Every DP-SGD checkpoint under a tree the run deletes, seen just before the deletion
-    (state file -> the fields it holds)."""
-    seen: dict[str, set[str]] = {}
-    real = storage.remove_tree
-
-    def recording(uri: str) -> None:
-        for path in Path(uri).rglob(f"checkpoint_*/{STATE_FILE}"):
-            seen[str(path)] = set(torch.load(path, map_location="cpu", weights_only=True))
-        real(uri)
-
-    monkeypatch.setattr(storage, "remove_tree", recording)
-    return seen
-
-
 @pytest.mark.slow
 def test_main_job_runs_stage1_on_ray_train(local_ray, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    checkpoints = _checkpoints_at_deletion(monkeypatch)
+    checkpoints = watch_checkpoint_deletions(monkeypatch)
     telemetry = _Steps()
     monkeypatch.setattr(telemetry_core, "_current", telemetry)
     assert main(_args(tmp_path, "--set=distributed.num_workers=2")) == 0
@@ -106,17 +92,9 @@ def test_main_job_runs_stage1_on_ray_train(local_ray, tmp_path, monkeypatch, cap
     charges = Ledger(str(tmp_path / "ledger.json")).charges("mnist")
     assert [c.status for c in charges] == ["settled"]
 
-    # Checkpoints were written (steps 2 and 4), to the custodian's work area only, and held
-    # every rank's generator states; the run deleted them when it succeeded (issue 11, finding
-    # 2: they used to stay in <out>/ray next to the published outputs).
-    work = Path(layout.work)
-    assert checkpoints, "no Ray Train checkpoint was written under the work area"
-    for path, fields in checkpoints.items():
-        assert Path(path).is_relative_to(work / "ray"), path
-        assert {"sampler_rng", "noise_rng", "loss_rng"} <= fields
-    assert not work.exists()
-    assert not list(out.rglob("checkpoint_*")) and not list(out.rglob("*-stage1-*"))
-    assert not list(out.rglob(STATE_FILE))
+    # Checkpoints were written (steps 2 and 4), held every rank's generator states, stayed in
+    # the custodian's work area and went with it.
+    assert_checkpoints_were_private_and_deleted(out, checkpoints)
     # No training loss published: not in the report, not in the driver's output.
     custodian = json.loads(Path(layout.custodian("report.json")).read_text())
     for doc in (report, custodian):

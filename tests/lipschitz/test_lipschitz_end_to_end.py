@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tdpdm_test_support import (
+    RUN_CUSTODIAN_FILES,
+    RUN_RELEASE_FILES,
+    assert_checkpoints_were_private_and_deleted,
+    assert_run_parts,
+    watch_checkpoint_deletions,
+)
 
 from tdpdm.cli import main
-from tdpdm.data import storage
 from tdpdm.privacy.ledger import Ledger
 from tdpdm.stages import lipschitz_release
 from tdpdm.stages.artifacts import RunLayout
@@ -134,33 +140,7 @@ def test_lipschitz_run_local(tmp_path, data_root, observed_ratios, capsys) -> No
     assert encoder["details"]["backend"] == "local"
 
 
-RELEASE_FILES = {
-    "synthetic/part-0.parquet",
-    "samples.png",
-    "report.json",
-    "report.html",
-    "models/autoencoder.pt",
-    "models/diffusion.pt",
-    "latents/latents.parquet",
-}
-
-
-def _watch_deletions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, set[str]]]]:
-    """Record every tree the run deletes and, just before, the checkpoints under it (state
-    file -> the fields it holds)."""
-    deleted: list[tuple[str, dict[str, set[str]]]] = []
-    real = storage.remove_tree
-
-    def recording(uri: str) -> None:
-        found = {
-            str(path): set(torch.load(path, map_location="cpu", weights_only=True))
-            for path in Path(uri).rglob("checkpoint_*/dpsgd_state.pt")
-        }
-        deleted.append((uri, found))
-        real(uri)
-
-    monkeypatch.setattr(storage, "remove_tree", recording)
-    return deleted
+RELEASE_FILES = RUN_RELEASE_FILES | {"latents/latents.parquet"}  # released mode: the DP latents
 
 
 @pytest.mark.slow
@@ -175,7 +155,7 @@ def test_lipschitz_run_on_ray_train(
     import ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    deleted = _watch_deletions(monkeypatch)
+    checkpoints = watch_checkpoint_deletions(monkeypatch)
     assert main(_args(tmp_path, data_root, "ray", "--set=distributed.num_workers=2")) == 0
     assert not ray.is_initialized()
     report = _check_run(tmp_path, observed_ratios, capsys.readouterr().out)
@@ -183,18 +163,10 @@ def test_lipschitz_run_on_ray_train(
     assert encoder["details"]["backend"] == "ray" and encoder["details"]["num_workers"] == 2
 
     out, layout = tmp_path / "out", RunLayout(str(tmp_path / "out"))
-    work = Path(layout.work)
-    checkpoints = {path: fields for _, found in deleted for path, fields in found.items()}
-    assert checkpoints, "no Ray Train checkpoint was written under the work area"
-    for path, fields in checkpoints.items():
-        assert Path(path).is_relative_to(work / "ray"), path
-        assert {"sampler_rng", "noise_rng", "loss_rng"} <= fields
-    assert not work.exists()
-    assert not list(out.rglob("checkpoint_*")) and not list(out.rglob("*-stage1-*"))
+    assert_checkpoints_were_private_and_deleted(out, checkpoints)
 
     release = Path(layout.release())
-    published = {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()}
-    assert published == RELEASE_FILES
+    assert_run_parts(out, release=RELEASE_FILES, custodian=RUN_CUSTODIAN_FILES)
     for name in ("autoencoder.pt", "diffusion.pt"):
         weights = torch.load(release / "models" / name, map_location="cpu", weights_only=True)
         assert not [k for k in weights if "rng" in k or "generator" in k]

@@ -4,6 +4,9 @@
 `one_torch_thread`: torch on one thread for the test (2 busy cores).
 `private_run`, `released_run` (session): one tiny end-to-end run per mode, shared by every test
 that only reads its outputs (tests/pipeline, tests/soundness): a run costs a minute or more.
+`local_ray`: one private local Ray shared by every test that runs on Ray in this process
+(tests/distributed, tests/lipschitz), started by the first such test and stopped after the last;
+`no_ray_running`: none, for a test that shows a run starting and stopping its own.
 
 Mechanism randomness (DP noise, sampling masks, release noise, score noise) comes from fresh OS
 entropy in the product (`tdpdm.privacy.randomness`). Tests that need it repeatable replace the
@@ -13,6 +16,7 @@ config key: no such flag exists.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +25,7 @@ import pytest
 from mechanism_keys import derived_key, seed_derived_key
 from tdpdm_test_support import (
     FinishedRun,
+    SharedRay,
     require_shared_datasets,
     run_tiny_pipeline,
     torch_threads,
@@ -40,6 +45,39 @@ def shared_datasets() -> Path:
 def one_torch_thread() -> Iterator[None]:
     with torch_threads(1):
         yield
+
+
+_SHARED_RAY = SharedRay()
+
+
+@pytest.fixture
+def local_ray() -> object:
+    """The shared local Ray (`ray`, initialised): the product's `ray_session` joins a running
+    Ray, so every Ray run in the test uses it instead of starting its own (10-20 s each here)."""
+    return _SHARED_RAY.start()
+
+
+@pytest.fixture
+def no_ray_running() -> None:
+    """No Ray initialised in this process when the test starts (the shared one is stopped; the
+    next `local_ray` test starts it again): a run must start its own, or find none."""
+    _SHARED_RAY.stop()
+    if "ray" in sys.modules:
+        assert not sys.modules["ray"].is_initialized(), "a Ray left running by another test"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    users = [item for item in session.items if "local_ray" in getattr(item, "fixturenames", ())]
+    _SHARED_RAY.last_user = users[-1].nodeid if users else None
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if item.nodeid == _SHARED_RAY.last_user:
+        _SHARED_RAY.stop()  # Ray's daemons would otherwise idle on the 2 cores until the end
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _SHARED_RAY.stop()
 
 
 @pytest.fixture(scope="session")

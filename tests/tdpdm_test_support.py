@@ -7,6 +7,11 @@ import path because tests/conftest.py lives there.
 - the settings of a tiny run (`tiny_run_overrides`, `tiny_run_sets`), on the local backend
   unless a test asks for Ray (tests/distributed), and such a run in this process
   (`run_tiny_pipeline`; tests/conftest.py shares one per mode: `private_run`, `released_run`),
+- what a finished run writes (`RUN_RELEASE_FILES`, `RUN_CUSTODIAN_FILES`, `files_under`,
+  `assert_run_parts`) and its Ray Train checkpoints (`watch_checkpoint_deletions`,
+  `assert_checkpoints_were_private_and_deleted`),
+- one local Ray shared by the tests that run on Ray (`SharedRay`; tests/conftest.py's
+  `local_ray` fixture),
 - a free loopback port (`free_port`), one torch thread (`torch_threads`), capped evaluation
   splits (`small_evaluation_splits`),
 - external tools: Debian's chromium (`CHROMIUM`, `CHROMIUM_ARGS`, `needs_chromium`) and helm
@@ -15,12 +20,13 @@ import path because tests/conftest.py lives there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
+import stat
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,10 +192,89 @@ def run_tiny_pipeline(root: Path, data_dir: Path, mode: str) -> FinishedRun:
     return FinishedRun(cfg, result, root, drawn)
 
 
+# -- a run's outputs -------------------------------------------------------------------------
+
+RUN_RELEASE_FILES = frozenset(
+    {
+        "synthetic/part-0.parquet",
+        "samples.png",
+        "report.json",
+        "report.html",
+        "models/autoencoder.pt",
+        "models/diffusion.pt",
+    }
+)
+"""The release part of every finished run (relative paths); `released` mode adds its DP latents
+(`latents/latents.parquet`)."""
+RUN_CUSTODIAN_FILES = frozenset({"report.json", "report.html"})
+"""The custodian part of every finished run; `evaluation.json` where the evaluation ran, the
+private latents (`latents/latents.parquet`) in `private` mode."""
+
+
+def files_under(root: Path) -> set[str]:
+    """Every file below `root`, as a POSIX path relative to it."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def assert_run_parts(
+    out: Path, *, release: set[str] | frozenset[str], custodian: set[str] | frozenset[str]
+) -> None:
+    """`out` holds a release and a custodian part and nothing else: the release exactly the
+    files `release`, the custodian exactly `custodian`, each of those readable by the owner
+    only (0600: values read from private data without noise), no work area (checkpoints with
+    secret generator state) left behind."""
+    assert sorted(p.name for p in out.iterdir()) == ["custodian", "release"]
+    assert files_under(out / "release") == set(release)
+    assert files_under(out / "custodian") == set(custodian)
+    for name in sorted(custodian):
+        assert stat.S_IMODE((out / "custodian" / name).stat().st_mode) == 0o600, name
+    assert not (out / "custodian" / "work").exists()
+
+
+def watch_checkpoint_deletions(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[str]]:
+    """Every DP-SGD checkpoint under a tree the run deletes (`storage.remove_tree`), seen just
+    before the deletion: state file -> the fields it holds. Filled in as the run goes."""
+    import torch
+
+    from tdpdm.data import storage
+    from tdpdm.distributed.stage1_train import STATE_FILE
+
+    seen: dict[str, set[str]] = {}
+    real = storage.remove_tree
+
+    def recording(uri: str) -> None:
+        for path in Path(uri).rglob(f"checkpoint_*/{STATE_FILE}"):
+            seen[str(path)] = set(torch.load(path, map_location="cpu", weights_only=True))
+        real(uri)
+
+    monkeypatch.setattr(storage, "remove_tree", recording)
+    return seen
+
+
+def assert_checkpoints_were_private_and_deleted(
+    out: Path, checkpoints: dict[str, set[str]]
+) -> None:
+    """Ray Train checkpoints (`watch_checkpoint_deletions`) were written, to the custodian's
+    work area only, held every rank's generator states (as secret as the mechanism key), and
+    were deleted with it once the run succeeded (issue 11, finding 2: they used to stay in
+    <out>/ray next to the published outputs)."""
+    from tdpdm.distributed.stage1_train import STATE_FILE
+    from tdpdm.stages.artifacts import RunLayout
+
+    work = Path(RunLayout(str(out)).work)
+    assert checkpoints, "no Ray Train checkpoint was written under the work area"
+    for path, fields in checkpoints.items():
+        assert Path(path).is_relative_to(work / "ray"), path
+        assert {"sampler_rng", "noise_rng", "loss_rng"} <= fields
+    assert not work.exists()
+    assert not list(out.rglob("checkpoint_*")) and not list(out.rglob("*-stage1-*"))
+    assert not list(out.rglob(STATE_FILE))
+
+
 # -- process-local settings -------------------------------------------------------------------
 
 
-@contextmanager
+@contextlib.contextmanager
 def torch_threads(n: int = 1) -> Iterator[None]:
     """On a busy 2-core machine OpenMP spin-waits make 2 threads several times slower than 1."""
     import torch
@@ -206,7 +291,7 @@ EVAL_TRAIN_RECORDS = 3000
 EVAL_TEST_RECORDS = 2000
 
 
-@contextmanager
+@contextlib.contextmanager
 def small_evaluation_splits() -> Iterator[None]:
     """Cap the real splits the *evaluation* reads (not the private training read).
 
@@ -226,6 +311,37 @@ def small_evaluation_splits() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "load_split", capped)
         yield
+
+
+# -- Ray -------------------------------------------------------------------------------------
+
+
+class SharedRay:
+    """One private local Ray (2 CPUs, no dashboard) for every test that needs it, started with
+    the product's own `ray_session("local")` the first time and stopped on `stop()`.
+
+    Starting Ray costs 10-20 s on 2 busy cores; a run inside a test joins the running one
+    (`ray_session` reuses an initialised Ray), exactly as a `ray job` driver does."""
+
+    def __init__(self) -> None:
+        self._session: contextlib.ExitStack | None = None
+        self.last_user: str | None = None
+
+    def start(self) -> Any:
+        if self._session is None:
+            from tdpdm.distributed.ray_runtime import ray_session
+
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            stack = contextlib.ExitStack()
+            self.ray = stack.enter_context(ray_session("local", num_cpus=2))
+            self._session = stack
+        assert self.ray.is_initialized(), "the shared Ray was shut down behind its back"
+        return self.ray
+
+    def stop(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
 
 # -- network ---------------------------------------------------------------------------------

@@ -41,6 +41,46 @@ def audit_overrides(root: Path, data_dir: Path, mode: str, epsilon: float) -> di
     )
 
 
+def replay_of_a_finished_audit(
+    overrides: dict[str, Any], audit: dict[str, Any], confidence: float = 0.95
+) -> dict[str, Any]:
+    """The replay adversary (`ReplayScorer` with the seed derivation of issue 11) scored on the
+    published artefacts of an audit already run with `overrides` (its `audit.json` as `audit`):
+    the same canary design (rebuilt from the public seed, checked against the audit's coins),
+    the same one-run bound. One training run then serves both attacks."""
+    from tdpdm.audit.canaries import make_canaries
+    from tdpdm.audit.metrics import auc
+    from tdpdm.audit.run import canary_scores
+    from tdpdm.audit.scoring import ReplayScorer, RunArtifacts
+    from tdpdm.config import load_config
+    from tdpdm.data import storage
+    from tdpdm.data.catalog import get_spec
+    from tdpdm.privacy.adjacency import Adjacency
+    from tdpdm.privacy.audit_bound import audit_lower_bound
+
+    cfg = load_config(None, overrides)
+    spec = get_spec(cfg.dataset)
+    design = make_canaries(
+        audit["canaries"]["m"],
+        Adjacency(audit["claimed"]["adjacency"]),
+        seed=cfg.seed,
+        shape=spec.image_shape,
+        num_classes=spec.num_classes,
+    )
+    assert design.included.tolist() == audit["scores"]["included"]  # the audit's own coins
+    scorer = ReplayScorer(seed_derived_key())
+    raw = scorer(RunArtifacts(cfg, storage.join(cfg.out, "run")), design.candidates, design.labels)
+    scores = canary_scores(design, raw)
+    bound = audit_lower_bound(
+        scores, design.included, delta=audit["claimed"]["delta"], confidence=confidence
+    )
+    return {
+        "details": scorer.details,
+        "lower_bound": bound.epsilon_lower_bound,
+        "auc": auc(scores, design.included),
+    }
+
+
 def summary(label: str, audit: dict[str, Any]) -> str:
     """One line with the figures the audit tests record (run pytest with -s to see them)."""
     bound = audit["bound"]["best"]

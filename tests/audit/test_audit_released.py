@@ -3,7 +3,8 @@
 Scorer: distance from each canary's encoding to the nearest released latent row (paired
 replace-one design, so the score is A_i's closeness minus its twin's). With the noise switched
 off (test-only fault injection) a member's row *is* its encoding and the audit must refute the
-claimed epsilon; with the real release noise the lower bound must stay below the claim.
+claimed epsilon; with the real release noise the lower bound must stay below the claim, and the
+replay adversary (tests/audit/test_audit_replay.py) scored on that same run is at chance.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from audit_support import audit_overrides, summary
+from audit_support import audit_overrides, replay_of_a_finished_audit, summary
 
 from tdpdm.audit.run import run_audit
 from tdpdm.cli import main
@@ -44,9 +45,11 @@ def test_released_audit_with_noise_off_refutes_the_claim(
 
 
 def test_released_audit_with_the_real_mechanism_stays_below_the_claim(
-    tmp_path: Path, shared_datasets: Path, fixed_mechanism_keys, one_torch_thread, capsys
+    tmp_path: Path, shared_datasets: Path, one_torch_thread, capsys
 ):
-    """Through the command line, as a user runs it."""
+    """Through the command line, as a user runs it, with the product's own keys (fresh OS
+    entropy per mechanism). The same run is then attacked by the replay adversary: the published
+    seed tells it nothing, so it does no better than guessing."""
     overrides = audit_overrides(tmp_path, shared_datasets, "released", CLAIMED)
     flags = [f"--set={key}={value}" for key, value in overrides.items()]
     code = main(["audit", *flags, "--canaries", str(CANARIES), "--confidence", "0.95"])
@@ -65,3 +68,10 @@ def test_released_audit_with_the_real_mechanism_stays_below_the_claim(
     assert "claimed epsilon" in html and "data:image/png;base64," in html
     with capsys.disabled():
         print(summary("released, real noise", a))
+
+    replay = replay_of_a_finished_audit(overrides, a)
+    assert replay["details"]["rows_matched"] == 0.0
+    assert replay["lower_bound"] < claimed
+    assert 0.35 < replay["auc"] < 0.65
+    with capsys.disabled():
+        print(f"replay vs fresh keys (same run): {replay}")

@@ -6,11 +6,17 @@ manifest, private latents, opted-in metrics: 0600, never published)."""
 from __future__ import annotations
 
 import json
-import stat
 from pathlib import Path
 
 import pytest
-from tdpdm_test_support import set_flags, tiny_run_sets
+from tdpdm_test_support import (
+    RUN_CUSTODIAN_FILES,
+    RUN_RELEASE_FILES,
+    assert_run_parts,
+    files_under,
+    set_flags,
+    tiny_run_sets,
+)
 
 from tdpdm.cli import main
 from tdpdm.privacy.accountant import compute_epsilon
@@ -19,14 +25,6 @@ from tdpdm.privacy.ledger import Ledger
 from tdpdm.report.schema import validate_report
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def _files(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
 def stage_flags(tmp_path: Path, data_dir: Path, out: str, epsilon: float) -> list[str]:
@@ -74,11 +72,11 @@ def test_encode_then_diffuse(
     assert manifest == json.loads((enc / "custodian" / "stage1.json").read_text())
     # Stage 1 alone: the DP autoencoder is published; the manifest and the private latents
     # are the custodian's (0600); the work area (secret generator state) is gone.
-    assert sorted(p.name for p in enc.iterdir()) == ["custodian", "release"]
-    assert _files(enc / "release") == {"models/autoencoder.pt"}
-    assert _files(enc / "custodian") == {"stage1.json", "latents/latents.parquet"}
-    for name in _files(enc / "custodian"):
-        assert _mode(enc / "custodian" / name) == 0o600, name
+    assert_run_parts(
+        enc,
+        release={"models/autoencoder.pt"},
+        custodian={"stage1.json", "latents/latents.parquet"},
+    )
     assert [(e["kind"], e["stage"]) for e in manifest["events"]] == [
         ("poisson_gaussian", "encoder")
     ]
@@ -91,9 +89,9 @@ def test_encode_then_diffuse(
     # Evaluation is opt-in (it reads real data without noise): on here, through --set.
     flags = stage_flags(tmp_path, shared_datasets, "diff", 8.0)
     flags += set_flags("evaluation.enabled=true")
-    encoded = {name: (enc / name).read_bytes() for name in _files(enc)}
+    encoded = {name: (enc / name).read_bytes() for name in files_under(enc)}
     assert main(["diffuse", "--from", str(enc), *flags]) == 0
-    assert {name: (enc / name).read_bytes() for name in _files(enc)} == encoded  # read only
+    assert {name: (enc / name).read_bytes() for name in files_under(enc)} == encoded  # read only
     captured = capsys.readouterr()
     assert "guarantee: epsilon" in captured.out
     assert "metrics (custodian-only, read real data): accuracy" in captured.out
@@ -125,18 +123,9 @@ def test_encode_then_diffuse(
     custodian = json.loads((diff / "custodian" / "report.json").read_text())
     validate_report(custodian)
     assert 0.0 <= custodian["metrics"]["accuracy"] <= 1.0
-    assert sorted(p.name for p in diff.iterdir()) == ["custodian", "release"]
-    assert _files(diff / "release") == {
-        "synthetic/part-0.parquet",
-        "samples.png",
-        "report.json",
-        "report.html",
-        "models/autoencoder.pt",
-        "models/diffusion.pt",
-    }
-    assert _files(diff / "custodian") == {"report.json", "report.html", "evaluation.json"}
-    for name in _files(diff / "custodian"):
-        assert _mode(diff / "custodian" / name) == 0o600, name
+    assert_run_parts(
+        diff, release=RUN_RELEASE_FILES, custodian=RUN_CUSTODIAN_FILES | {"evaluation.json"}
+    )
     p = report["privacy"]
     assert [(e["kind"], e["stage"]) for e in p["events"]] == [
         ("poisson_gaussian", "encoder"),

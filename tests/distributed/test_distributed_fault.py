@@ -88,9 +88,7 @@ def _kill_rank1_mid_run(tmp_path: Path, name: str, result: dict) -> tuple[int, i
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_with_the_uninterrupted_epsilon_and_model(
-    local_ray_for_train, tmp_path
-):
+def test_killed_worker_resumes_with_the_uninterrupted_epsilon_and_model(local_ray, tmp_path):
     ship_to_ray_workers()
     clean: dict = {}
     _train(tmp_path, "clean", 2, clean)
@@ -123,7 +121,7 @@ def test_killed_worker_resumes_with_the_uninterrupted_epsilon_and_model(
 
 
 @pytest.mark.slow
-def test_failure_without_retries_charges_the_checkpointed_steps(local_ray_for_train, tmp_path):
+def test_failure_without_retries_charges_the_checkpointed_steps(local_ray, tmp_path):
     ship_to_ray_workers()
     failed: dict = {}
     _, calls_before_kill = _kill_rank1_mid_run(tmp_path, "failed", (0, failed))

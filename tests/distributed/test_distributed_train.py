@@ -35,7 +35,7 @@ KEY = MechanismKey("stage1-dpsgd", 0x5EC2E7)
 
 
 @pytest.mark.slow
-def test_ray_workers_spend_and_learn_like_the_single_process_run(local_ray_for_train, tmp_path):
+def test_ray_workers_spend_and_learn_like_the_single_process_run(local_ray, tmp_path):
     ship_to_ray_workers()
     images = mnist_images(N_RECORDS)
     factory = functools.partial(tiny_autoencoder, SEED)

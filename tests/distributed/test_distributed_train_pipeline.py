@@ -1,59 +1,29 @@
 """`tdpdm run` with the main job's config runs stage 1 on Ray Train (a local Ray) by default.
+Here it joins the session's local Ray (`local_ray`); tests/lipschitz shows a run starting and
+stopping its own.
 
 Its checkpoints (every rank's sampling, noise and loss generator state: as secret as the
 mechanism key) are written to the custodian's work area and deleted once the run has succeeded.
-And where Ray is missing, the same command stops with one line saying what to do, leaving the
-ledger with nothing spent.
+(Where Ray is missing: test_distributed_backend_missing_ray.py.)
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from tdpdm_test_support import shared_datasets_root
+from tdpdm_test_support import (
+    assert_checkpoints_were_private_and_deleted,
+    watch_checkpoint_deletions,
+)
+from train_support import main_job_args
 
 from tdpdm.cli import main
-from tdpdm.data import storage
-from tdpdm.distributed.stage1_train import STATE_FILE
 from tdpdm.privacy.ledger import Ledger
 from tdpdm.stages.artifacts import RunLayout
 from tdpdm.telemetry import Telemetry
 from tdpdm.telemetry import core as telemetry_core
-
-MAIN_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "main.yaml"
-
-
-def _args(tmp_path: Path, *extra: str) -> list[str]:
-    sets = {
-        "subset": "400",
-        "stage1.epochs": "1",
-        "stage1.batch_size": "100",
-        "stage1.width": "8",
-        "stage1.latent_dim": "8",
-        "stage2.epochs": "2",
-        "stage2.batch_size": "200",
-        "stage2.hidden": "32",
-        "stage2.sampler_steps": "5",
-        "evaluation.enabled": "false",
-        "evaluation.synthetic_count": "50",
-        "distributed.checkpoint_every": "2",
-    }
-    return [
-        "run",
-        "--config", str(MAIN_CONFIG),
-        "--data-dir", str(shared_datasets_root()),
-        "--out", str(tmp_path / "out"),
-        "--ledger", str(tmp_path / "ledger.json"),
-        "--cache-dir", str(tmp_path / "cache"),
-        "--mode", "private",
-        "--no-progress",
-        *[f"--set={k}={v}" for k, v in sets.items()],
-        *extra,
-    ]  # fmt: skip
 
 
 class _Steps(Telemetry):
@@ -66,29 +36,14 @@ class _Steps(Telemetry):
         self.steps[stage] = self.steps.get(stage, 0) + steps
 
 
-def _checkpoints_at_deletion(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[str]]:
-    """Every DP-SGD checkpoint under a tree the run deletes, seen just before the deletion
-    (state file -> the fields it holds)."""
-    seen: dict[str, set[str]] = {}
-    real = storage.remove_tree
-
-    def recording(uri: str) -> None:
-        for path in Path(uri).rglob(f"checkpoint_*/{STATE_FILE}"):
-            seen[str(path)] = set(torch.load(path, map_location="cpu", weights_only=True))
-        real(uri)
-
-    monkeypatch.setattr(storage, "remove_tree", recording)
-    return seen
-
-
 @pytest.mark.slow
-def test_main_job_runs_stage1_on_ray_train(tmp_path, monkeypatch, capsys):
+def test_main_job_runs_stage1_on_ray_train(local_ray, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    checkpoints = _checkpoints_at_deletion(monkeypatch)
+    checkpoints = watch_checkpoint_deletions(monkeypatch)
     telemetry = _Steps()
     monkeypatch.setattr(telemetry_core, "_current", telemetry)
-    assert main(_args(tmp_path, "--set=distributed.num_workers=2")) == 0
+    assert main(main_job_args(tmp_path, "--set=distributed.num_workers=2")) == 0
     out = tmp_path / "out"
     layout = RunLayout(str(out))
     report = json.loads(Path(layout.release("report.json")).read_text())
@@ -104,31 +59,11 @@ def test_main_job_runs_stage1_on_ray_train(tmp_path, monkeypatch, capsys):
     charges = Ledger(str(tmp_path / "ledger.json")).charges("mnist")
     assert [c.status for c in charges] == ["settled"]
 
-    # Checkpoints were written (steps 2 and 4), to the custodian's work area only, and held
-    # every rank's generator states; the run deleted them when it succeeded (issue 11, finding
-    # 2: they used to stay in <out>/ray next to the published outputs).
-    work = Path(layout.work)
-    assert checkpoints, "no Ray Train checkpoint was written under the work area"
-    for path, fields in checkpoints.items():
-        assert Path(path).is_relative_to(work / "ray"), path
-        assert {"sampler_rng", "noise_rng", "loss_rng"} <= fields
-    assert not work.exists()
-    assert not list(out.rglob("checkpoint_*")) and not list(out.rglob("*-stage1-*"))
-    assert not list(out.rglob(STATE_FILE))
+    # Checkpoints were written (steps 2 and 4), held every rank's generator states, stayed in
+    # the custodian's work area and went with it.
+    assert_checkpoints_were_private_and_deleted(out, checkpoints)
     # No training loss published: not in the report, not in the driver's output.
     custodian = json.loads(Path(layout.custodian("report.json")).read_text())
     for doc in (report, custodian):
         assert "training_losses" not in doc and "final_loss" not in json.dumps(doc)
     assert "loss" not in capsys.readouterr().out.lower()
-
-
-def test_missing_ray_is_one_clear_line_and_spends_nothing(tmp_path, monkeypatch, capsys):
-    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    code = main(_args(tmp_path))
-    (err,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert code != 0 and err.startswith("tdpdm: error: Ray is not installed")
-    assert "install the `ray` extra" in err and "distributed.backend: local" in err
-    ledger = Ledger(str(tmp_path / "ledger.json"))
-    assert ledger.charges("mnist") == []  # refused before reserving anything

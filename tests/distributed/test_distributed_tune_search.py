@@ -4,7 +4,8 @@
 the others are refused and never get a charge (so never read the latents), every admitted
 trial is charged its full plan however it ended, the report's epsilon composes stage 1 with
 every trial and stays within the budget, and the run's secret held-out key is in no file.
-`released` mode: trials are free, so the run's epsilon is stage 1's alone.
+`released` mode: trials are free, so the run's epsilon is stage 1's alone. The trials run on the
+session's local Ray (`local_ray`), as on a cluster the job joins.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _run(tmp_path: Path, data_dir: Path, mode: str, trials: int):
 
 
 def test_private_search_admits_exactly_the_budgeted_trials(
-    tmp_path, data_dir, fixed_mechanism_keys, monkeypatch
+    local_ray, tmp_path, data_dir, fixed_mechanism_keys, monkeypatch
 ):
     from tdpdm.stages.context import RunContext
 
@@ -129,7 +130,7 @@ def seed_key_bytes(label: str) -> list[bytes]:
     ]
 
 
-def test_released_search_is_free(tmp_path, data_dir):
+def test_released_search_is_free(local_ray, tmp_path, data_dir):
     cfg = _run(tmp_path, data_dir, "released", trials=3)
     report = json.loads(Path(RunLayout(cfg.out).release(REPORT_JSON)).read_text())
     trials = report["tuning"]["trials"]

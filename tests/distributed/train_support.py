@@ -54,6 +54,42 @@ def logged_slow_loss(model, batch, *, log_dir: str, delay_s: float, input_noise:
     return reconstruction_loss(model, batch)
 
 
+MAIN_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "main.yaml"
+
+
+def main_job_args(tmp_path: Path, *extra: str) -> list[str]:
+    """`tdpdm run` with the main job's config (the Ray backend) on a tiny private run, every
+    path under `tmp_path` (the driver only: never shipped)."""
+    from tdpdm_test_support import shared_datasets_root
+
+    sets = {
+        "subset": "400",
+        "stage1.epochs": "1",
+        "stage1.batch_size": "100",
+        "stage1.width": "8",
+        "stage1.latent_dim": "8",
+        "stage2.epochs": "2",
+        "stage2.batch_size": "200",
+        "stage2.hidden": "32",
+        "stage2.sampler_steps": "5",
+        "evaluation.enabled": "false",
+        "evaluation.synthetic_count": "50",
+        "distributed.checkpoint_every": "2",
+    }
+    return [
+        "run",
+        "--config", str(MAIN_CONFIG),
+        "--data-dir", str(shared_datasets_root()),
+        "--out", str(tmp_path / "out"),
+        "--ledger", str(tmp_path / "ledger.json"),
+        "--cache-dir", str(tmp_path / "cache"),
+        "--mode", "private",
+        "--no-progress",
+        *[f"--set={k}={v}" for k, v in sets.items()],
+        *extra,
+    ]  # fmt: skip
+
+
 def ship_to_ray_workers() -> None:
     import ray.cloudpickle
     import train_support

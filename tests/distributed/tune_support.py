@@ -10,7 +10,7 @@ from tdpdm_test_support import tiny_run_overrides
 
 def tiny_tune_overrides(root: Path, data_dir: Path, mode: str, trials: int) -> dict[str, Any]:
     """A 400-record run; stage 2 is a few dozen steps per trial over 3 ASHA rungs. The local
-    backend: Tune starts its own local Ray for the trials."""
+    backend: Tune joins the Ray running in the process (`local_ray`), else starts its own."""
     return tiny_run_overrides(
         root,
         data_dir,

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tdpdm_test_support import (
+    RUN_CUSTODIAN_FILES,
+    RUN_RELEASE_FILES,
+    assert_checkpoints_were_private_and_deleted,
+    assert_run_parts,
+    watch_checkpoint_deletions,
+)
 
 from tdpdm.cli import main
-from tdpdm.data import storage
 from tdpdm.privacy.ledger import Ledger
 from tdpdm.stages import lipschitz_release
 from tdpdm.stages.artifacts import RunLayout
@@ -139,61 +145,33 @@ def test_lipschitz_run_local(tmp_path, data_root, observed_ratios, capsys) -> No
     assert read_synthetic(str(more))[0].shape == (20, 28, 28)
 
 
-RELEASE_FILES = {
-    "synthetic/part-0.parquet",
-    "samples.png",
-    "report.json",
-    "report.html",
-    "models/autoencoder.pt",
-    "models/diffusion.pt",
-    "latents/latents.parquet",
-}
-
-
-def _watch_deletions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, set[str]]]]:
-    """Record every tree the run deletes and, just before, the checkpoints under it (state
-    file -> the fields it holds)."""
-    deleted: list[tuple[str, dict[str, set[str]]]] = []
-    real = storage.remove_tree
-
-    def recording(uri: str) -> None:
-        found = {
-            str(path): set(torch.load(path, map_location="cpu", weights_only=True))
-            for path in Path(uri).rglob("checkpoint_*/dpsgd_state.pt")
-        }
-        deleted.append((uri, found))
-        real(uri)
-
-    monkeypatch.setattr(storage, "remove_tree", recording)
-    return deleted
+RELEASE_FILES = RUN_RELEASE_FILES | {"latents/latents.parquet"}  # released mode: the DP latents
 
 
 @pytest.mark.slow
-def test_lipschitz_run_on_ray_train(tmp_path, data_root, monkeypatch, observed_ratios, capsys):
+def test_lipschitz_run_on_ray_train(
+    no_ray_running, tmp_path, data_root, monkeypatch, observed_ratios, capsys
+):
     """Ray Train checkpoints hold every rank's sampling, noise and loss generator state (as
     good as the mechanism key): they are written to the custodian's work area only and deleted
     once the run has succeeded, and the release holds exactly the covered artefacts (issue 11,
-    finding 2: they used to stay in <out>/ray next to the release)."""
+    finding 2: they used to stay in <out>/ray next to the release). No Ray was running: the
+    run starts its own local Ray and stops it at the end."""
+    import ray
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    deleted = _watch_deletions(monkeypatch)
+    checkpoints = watch_checkpoint_deletions(monkeypatch)
     assert main(_args(tmp_path, data_root, "ray", "--set=distributed.num_workers=2")) == 0
+    assert not ray.is_initialized()
     report = _check_run(tmp_path, observed_ratios, capsys.readouterr().out)
     (encoder,) = [s for s in report["stages"] if s["name"] == "encoder"]
     assert encoder["details"]["backend"] == "ray" and encoder["details"]["num_workers"] == 2
 
     out, layout = tmp_path / "out", RunLayout(str(tmp_path / "out"))
-    work = Path(layout.work)
-    checkpoints = {path: fields for _, found in deleted for path, fields in found.items()}
-    assert checkpoints, "no Ray Train checkpoint was written under the work area"
-    for path, fields in checkpoints.items():
-        assert Path(path).is_relative_to(work / "ray"), path
-        assert {"sampler_rng", "noise_rng", "loss_rng"} <= fields
-    assert not work.exists()
-    assert not list(out.rglob("checkpoint_*")) and not list(out.rglob("*-stage1-*"))
+    assert_checkpoints_were_private_and_deleted(out, checkpoints)
 
     release = Path(layout.release())
-    published = {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()}
-    assert published == RELEASE_FILES
+    assert_run_parts(out, release=RELEASE_FILES, custodian=RUN_CUSTODIAN_FILES)
     for name in ("autoencoder.pt", "diffusion.pt"):
         weights = torch.load(release / "models" / name, map_location="cpu", weights_only=True)
         assert not [k for k in weights if "rng" in k or "generator" in k]
@@ -221,10 +199,13 @@ def test_lipschitz_encode_then_diffuse(tmp_path, data_root) -> None:
 
 @pytest.mark.slow
 def test_lipschitz_release_feeds_a_ray_tune_search(
-    tmp_path, data_root, monkeypatch, observed_ratios, capsys
+    no_ray_running, tmp_path, data_root, monkeypatch, observed_ratios, capsys
 ) -> None:
     """Stage 2 searched with Ray Tune on the Lipschitz release: trials read only the release,
-    so the ledger holds the two stage-1 events and nothing else."""
+    so the ledger holds the two stage-1 events and nothing else. The local backend with no Ray
+    running: the search starts its own local Ray and stops it."""
+    import ray
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     tune = [
         "--set=stage2.released_model=diffusion",
@@ -238,6 +219,7 @@ def test_lipschitz_release_feeds_a_ray_tune_search(
         "--set=tune.depth=[1]",
     ]
     assert main(_args(tmp_path, data_root, "local", *tune)) == 0
+    assert not ray.is_initialized()
     report = _check_run(tmp_path, observed_ratios, capsys.readouterr().out)
     (tune_stage,) = [s for s in report["stages"] if s["name"] == "tune"]
     assert tune_stage["details"]["trials"] == 2 and tune_stage["details"]["dp_sgd"] is False

@@ -18,7 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from pipeline_support import int_values, keys_containing, pld_add_remove
-from tdpdm_test_support import plausible_poisson_count
+from tdpdm_test_support import (
+    RUN_CUSTODIAN_FILES,
+    RUN_RELEASE_FILES,
+    assert_run_parts,
+    files_under,
+    plausible_poisson_count,
+)
 
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import event_from_dict, event_to_dict
@@ -44,21 +50,9 @@ EXPECTED = {
         "custodian": set(),
     },
 }
-RELEASE_FILES = {
-    "synthetic/part-0.parquet",
-    "samples.png",
-    "report.json",
-    "report.html",
-    "models/autoencoder.pt",
-    "models/diffusion.pt",
-}
-CUSTODIAN_FILES = {"report.json", "report.html", "evaluation.json"}
+CUSTODIAN_FILES = RUN_CUSTODIAN_FILES | {"evaluation.json"}  # the shared runs are evaluated
 CUSTODIAN_ONLY_KEYS = {"metrics", "metrics_note", "stages", "wall_time_s", "part"}
 METRIC_KEYS = ("accuracy", "inception_score", "classifier_fd", "fid")
-
-
-def _files(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
 def _mode(path: Path) -> int:
@@ -95,25 +89,21 @@ def test_report_top_level(finished_run) -> None:
 
 
 def test_outputs_are_split_into_release_and_custodian(finished_run) -> None:
-    """Nothing outside the two parts; the release is exactly the covered files; the work area
-    (checkpoints with secret generator state) is gone after a successful run."""
+    """Nothing outside the two parts; the release is exactly the covered files; the custodian's
+    files (values read from the private data without noise) are readable by the owner only; the
+    work area (checkpoints with secret generator state) is gone after a successful run."""
     mode = finished_run.cfg.mode
-    assert sorted(p.name for p in finished_run.out.iterdir()) == ["custodian", "release"]
-    assert _files(finished_run.release) == RELEASE_FILES | EXPECTED[mode]["release"]
-    assert _files(finished_run.custodian) == CUSTODIAN_FILES | EXPECTED[mode]["custodian"]
-    assert not (finished_run.custodian / "work").exists()
+    assert_run_parts(
+        finished_run.out,
+        release=RUN_RELEASE_FILES | EXPECTED[mode]["release"],
+        custodian=CUSTODIAN_FILES | EXPECTED[mode]["custodian"],
+    )
     # The report's own listing names exactly the release files (paths relative to release/).
     listing = finished_run.report()["artifacts"]
-    assert {v for k, v in listing.items() if k != "custodian"} == _files(finished_run.release)
+    assert {v for k, v in listing.items() if k != "custodian"} == files_under(finished_run.release)
     assert listing == artifacts.release_listing(mode) | {
         "custodian": artifacts.custodian_listing(mode)
     }
-
-
-def test_custodian_files_are_private(finished_run) -> None:
-    """Values read from the private data without noise are readable by the owner only."""
-    for name in sorted(_files(finished_run.custodian)):
-        assert _mode(finished_run.custodian / name) == 0o600, name
 
 
 def test_release_report_carries_no_metric_and_no_loss(finished_run) -> None:

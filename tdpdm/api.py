@@ -111,6 +111,7 @@ class Synthesizer:
         data_dir: str | Path | None = None,
         name: str | None = None,
         class_names: Sequence[str] | None = None,
+        units: Any = None,
     ) -> Synthesizer:
         """Run the whole pipeline on `data` (charged on the ledger, refused before reading a
         record if the plan does not fit the budget). `data`:
@@ -125,9 +126,12 @@ class Synthesizer:
           `class_names` (the public label set); images alone are unlabelled;
         - None: the config's data set.
 
-        `class_names` declares the classes of a path too (the `classes` config key). Malformed
+        `class_names` declares the classes of a path too (the `classes` config key). `units`
+        (arrays only: one privacy-unit id per image, e.g. a person) makes the guarantee per
+        unit, each unit bounded to `records_per_unit` images (a config key, default 1); for a
+        path, set the `privacy_unit` config key (a Parquet column, an `.npz` array). Malformed
         input fails with one line before anything is charged or written."""
-        changes, source = self._data_changes(data, name, class_names)
+        changes, source = self._data_changes(data, name, class_names, units)
         if data_dir is not None:
             changes["data_dir"] = _text(data_dir)
         if changes:  # top-level keys: a checked copy of the config, the rest kept
@@ -138,10 +142,12 @@ class Synthesizer:
         return self
 
     def _data_changes(
-        self, data: Any, name: str | None, class_names: Sequence[str] | None
+        self, data: Any, name: str | None, class_names: Sequence[str] | None, units: Any = None
     ) -> tuple[dict[str, Any], ArraySource | None]:
         """Config keys for what `fit` was given, and the source of arrays handed in."""
         classes = tuple(class_names) if class_names is not None else None
+        if units is not None and not _array_like(data):
+            raise TypeError("fit(units=...) goes with arrays; for a path set privacy_unit")
         if data is None:
             return {}, None
         if isinstance(data, str) and data in DATASETS:
@@ -161,8 +167,10 @@ class Synthesizer:
                 changes["classes"] = classes
             return changes, None
         if _array_like(data):
-            source = array_source(data, name=name, class_names=classes or self.cfg.classes)
-            return {"dataset": source.name, "data": None}, source
+            classes = classes or self.cfg.classes
+            source = array_source(data, name=name, class_names=classes, units=units)
+            unit = {"privacy_unit": "units"} if units is not None else {}
+            return {"dataset": source.name, "data": None, **unit}, source
         kind = type(data).__name__
         raise TypeError(
             f"fit(data): a {kind} is not supported; give a data set name ({', '.join(DATASETS)}),"

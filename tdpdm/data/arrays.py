@@ -78,6 +78,7 @@ def array_source(
     *,
     name: str | None,
     class_names: tuple[str, ...] | list[str] | None,
+    units: Any = None,
 ) -> ArraySource:
     """The `ArraySource` for `images` or `(images, labels)`, checked (no ledger yet)."""
     if isinstance(data, tuple | list):
@@ -101,6 +102,13 @@ def array_source(
             )
     elif class_names:
         raise DataError(f"{WHERE}: class_names= given but no labels: pass (images, labels)")
-    source = ArraySource(pixels, labels, class_names, name=name)
+    if units is not None:
+        units = as_numpy(units, "units")
+        if units.shape != (len(pixels),) or units.dtype.kind not in "iuUSO":
+            raise DataError(
+                f"{WHERE}: units have shape {tuple(units.shape)} and dtype {units.dtype}: "
+                f"expected ({len(pixels)},) integers or strings, one privacy unit per image"
+            )
+    source = ArraySource(pixels, labels, class_names, name=name, units=units)
     source.describe()  # the remaining structural checks, now
     return source

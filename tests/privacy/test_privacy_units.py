@@ -1,0 +1,97 @@
+"""Privacy units: the per-unit bound (at most k records per unit, a secret choice per unit),
+the group-privacy conversion in one place (`tdpdm.privacy.units`), and the ledger's budget
+carrying the unit (mixing units on one budget refused)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tdpdm.data.units import bound_per_unit, unit_ids
+from tdpdm.privacy.accountant import compute_epsilon
+from tdpdm.privacy.adjacency import Adjacency
+from tdpdm.privacy.events import GaussianEvent, PoissonGaussianEvent
+from tdpdm.privacy.ledger import Ledger, LedgerError
+from tdpdm.privacy.units import (
+    PrivacyUnit,
+    UnitBound,
+    UnitError,
+    record_delta,
+    record_target,
+    unit_bound,
+)
+
+EVENTS = [PoissonGaussianEvent(1.2, 0.05, 200, "encoder"), GaussianEvent(4.0, 1, "moments")]
+ADD = Adjacency.ADD_REMOVE
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_each_unit_keeps_at_most_k_records_chosen_within_the_unit(k: int) -> None:
+    rng = np.random.default_rng(3)
+    units = np.r_[np.zeros(500, int), np.arange(1, 101), np.repeat([101, 102], 3)]
+    rng.shuffle(units)
+    keep = bound_per_unit(units, k, np.random.default_rng(11))
+    counts = np.bincount(units[keep], minlength=103)
+    assert counts[0] == k  # the unit with 500 images is bounded
+    assert (counts[1:101] == 1).all()  # single-image units keep their image
+    assert (counts[101:] == min(k, 3)).all()
+
+
+def test_the_choice_in_a_unit_is_uniform() -> None:
+    """Every record of a 10-record unit is kept about k/10 of the time."""
+    units = np.zeros(10, int)
+    hits = sum(bound_per_unit(units, 2, np.random.default_rng(s)).astype(int) for s in range(2000))
+    assert np.allclose(hits / 2000, 0.2, atol=0.04)
+
+
+def test_unit_ids_of_strings_and_nulls() -> None:
+    ids = unit_ids(np.array(["bob", "amy", "bob"], dtype=object), 3, "here")
+    assert ids[0] == ids[2] != ids[1]
+    with pytest.raises(ValueError, match="no privacy unit") as err:
+        unit_ids(np.array(["bob", None], dtype=object), 2, "here")
+    assert "bob" not in str(err.value)
+
+
+def test_k_1_is_the_per_record_guarantee() -> None:
+    plain = compute_epsilon(EVENTS, 1e-5, ADD)
+    bound = unit_bound(EVENTS, 1e-5, ADD, PrivacyUnit("person", 1), cap_epsilon=8.0)
+    assert bound.epsilon == pytest.approx(plain.epsilon) and bound.delta == 1e-5
+    assert record_target(PrivacyUnit("person", 1), 8.0, 1e-5) == (8.0, 1e-5)
+
+
+def test_k_records_per_unit_is_group_privacy_of_the_record_bound() -> None:
+    unit, delta, cap = PrivacyUnit("person", 3), 1e-5, 20.0
+    bound = unit_bound(EVENTS, delta, ADD, unit, cap_epsilon=cap)
+    assert isinstance(bound, UnitBound)
+    d_r = record_delta(unit, cap, delta)
+    assert d_r == pytest.approx(delta / (3 * math.exp(2 * cap / 3)))
+    record = compute_epsilon(EVENTS, d_r, ADD)
+    assert bound.epsilon == pytest.approx(3 * record.epsilon)
+    assert bound.record_epsilon == record.epsilon and bound.record_delta == d_r
+    assert bound.epsilon <= cap and bound.delta == delta
+    assert 3 * math.exp(2 * record.epsilon) * d_r <= delta  # the group delta holds
+    # Over the cap, the honest (larger) delta is stated, never the target's.
+    tight = unit_bound(EVENTS, delta, ADD, unit, cap_epsilon=bound.epsilon / 4)
+    assert tight.epsilon > bound.epsilon / 4 and tight.delta > delta
+    with pytest.raises(UnitError, match="add/remove"):
+        unit_bound(EVENTS, delta, Adjacency.REPLACE_ONE, unit, cap_epsilon=cap)
+
+
+def test_the_ledger_budget_carries_the_unit_and_refuses_mixing(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path / "ledger.json"))
+    unit = PrivacyUnit("person", 3)
+    ledger.set_budget("faces", 30.0, 1e-5, "add_remove", unit)
+    assert ledger.budget("faces").unit == unit
+    charge = ledger.reserve("faces", "job-1", EVENTS)
+    spent = ledger.spent("faces")
+    assert spent.epsilon == pytest.approx(unit_bound(EVENTS, 1e-5, ADD, unit, 30.0).epsilon)
+    assert spent.epsilon > compute_epsilon(EVENTS, 1e-5, ADD).epsilon * 2.5
+    assert charge.status == "open"
+    for other in (PrivacyUnit("person", 2), PrivacyUnit("email", 3), None):
+        with pytest.raises(LedgerError, match="different units") as err:
+            ledger.set_budget("faces", 40.0, 1e-5, "add_remove", other)
+        assert "\n" not in str(err.value)
+    assert ledger.budget("faces").unit == unit

@@ -127,13 +127,17 @@ class PrivateTrainingSet:
             raise DataError(f"{self.dataset}: the training set is empty")
         if images.shape[1] == 1:
             images = images[:, 0]  # grey stays (N, H, W), as the models have always taken it
+        total = len(images)  # the public count: a subset's rate never depends on the bound
+        units = None
         if self.unit is not None and self._unit_key is not None:
             # First, before any mechanism sees a record: at most per_unit records per unit.
             units = self.source.read_units(self.unit)
             keep = bound_per_unit(units, self.per_unit, self._unit_key.numpy())
-            images, labels, self._kept_units = images[keep], labels[keep], units[keep]
-        if self._subset_key is not None and self.subset is not None and self.subset < len(images):
-            # one independent draw per record, in file order
-            keep = self._subset_key.numpy().random(len(images)) < self.subset / len(images)
+            images, labels, units = images[keep], labels[keep], units[keep]
+        if self._subset_key is not None and self.subset is not None and self.subset < total:
+            # one independent draw per record, in file order, at the public rate subset / N
+            keep = self._subset_key.numpy().random(len(images)) < self.subset / total
             images, labels = images[keep], labels[keep]
+            units = None if units is None else units[keep]
+        self._kept_units = units
         return images, labels

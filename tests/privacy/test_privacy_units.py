@@ -95,3 +95,53 @@ def test_the_ledger_budget_carries_the_unit_and_refuses_mixing(tmp_path: Path) -
             ledger.set_budget("faces", 40.0, 1e-5, "add_remove", other)
         assert "\n" not in str(err.value)
     assert ledger.budget("faces").unit == unit
+
+
+class _Grant:
+    dataset, charge_id = "people", "c1"
+
+    def is_active(self) -> bool:
+        return True
+
+
+class _Key:
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def numpy(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+
+def test_the_bound_comes_first_and_a_subset_keeps_the_public_rate() -> None:
+    """One unit owns all 100 records (k = 2): two are kept, then the subset keeps each at the
+    public rate subset/N = 50/100, not at 50/2 (a rate set by the bound would be private)."""
+    from tdpdm.data.private import PrivateTrainingSet
+    from tdpdm.data.sources import ArraySource
+
+    images = np.zeros((100, 8, 8), np.uint8)
+    source = ArraySource(images, None, None, name="people", units=np.zeros(100, int))
+    kept = []
+    for seed in range(300):
+        records = PrivateTrainingSet(
+            source, subset=50, subset_key=_Key(seed), unit="units", per_unit=2,
+            unit_key=_Key(10_000 + seed),
+        )  # fmt: skip
+        assert records.n_records() == 50  # planned from the public count
+        got, _ = records.open(_Grant())
+        assert len(got) == len(records._kept_units) <= 2
+        kept.append(len(got))
+    assert np.mean(kept) == pytest.approx(1.0, abs=0.15)  # 2 records x rate 0.5
+
+
+def test_units_are_checked_before_the_charge() -> None:
+    from tdpdm.data.errors import DataError
+    from tdpdm.data.private import PrivateTrainingSet
+    from tdpdm.data.sources import ArraySource
+
+    images = np.zeros((10, 8, 8), np.uint8)
+    records = PrivateTrainingSet(
+        ArraySource(images, None, None, name="people"), unit="units", unit_key=_Key(0)
+    )
+    with pytest.raises(DataError, match="no privacy units"):
+        records.n_records()
+    assert records.reads == 0

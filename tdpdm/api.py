@@ -112,6 +112,7 @@ class Synthesizer:
         name: str | None = None,
         class_names: Sequence[str] | None = None,
         units: Any = None,
+        records_per_unit: int | None = None,
     ) -> Synthesizer:
         """Run the whole pipeline on `data` (charged on the ledger, refused before reading a
         record if the plan does not fit the budget). `data`:
@@ -128,12 +129,14 @@ class Synthesizer:
 
         `class_names` declares the classes of a path too (the `classes` config key). `units`
         (arrays only: one privacy-unit id per image, e.g. a person) makes the guarantee per
-        unit, each unit bounded to `records_per_unit` images (a config key, default 1); for a
+        unit, each unit bounded to `records_per_unit` images (default 1: the config key); for a
         path, set the `privacy_unit` config key (a Parquet column, an `.npz` array). Malformed
         input fails with one line before anything is charged or written."""
         changes, source = self._data_changes(data, name, class_names, units)
         if data_dir is not None:
             changes["data_dir"] = _text(data_dir)
+        if records_per_unit is not None:
+            changes["records_per_unit"] = records_per_unit
         if changes:  # top-level keys: a checked copy of the config, the rest kept
             self.cfg = self.cfg.replace(**changes)
         records = None if source is None else training_set(self.cfg, _HANDED_IN, source)

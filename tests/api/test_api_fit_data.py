@@ -82,3 +82,20 @@ def test_fit_a_path(tmp_path: Path, fashion) -> None:
     check_charged(tmp_path, synth, "shirts")
     assert synth.cfg.data == path.as_posix() and synth.cfg.classes == tuple(CLASSES)
     assert json.loads(json.dumps(synth.report))["dataset"] == "shirts"
+
+
+def test_fit_arrays_per_person(tmp_path: Path, fashion) -> None:
+    """`units=`: one person owns half the images; the guarantee is per person, k = 2."""
+    images, labels = fashion
+    units = np.r_[np.zeros(RECORDS // 2, int), np.arange(1, RECORDS // 2 + 1)]
+    synth = synthesizer(tmp_path)
+    with torch_threads(1):
+        synth.fit(
+            (images, labels), name="people", class_names=CLASSES, units=units, records_per_unit=2
+        )
+    check_charged(tmp_path, synth, "people")
+    unit = synth.report["privacy"]["unit"]
+    assert (unit["by"], unit["records_per_unit"]) == ("units", 2)
+    assert "each privacy unit" in synth.guarantee
+    with pytest.raises(TypeError, match="goes with arrays"):
+        synth.fit(tmp_path, units=units)

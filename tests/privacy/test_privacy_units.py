@@ -145,3 +145,20 @@ def test_units_are_checked_before_the_charge() -> None:
     with pytest.raises(DataError, match="no privacy units"):
         records.n_records()
     assert records.reads == 0
+
+
+def test_an_npz_array_names_the_units(tmp_path: Path) -> None:
+    from tdpdm.data.errors import DataError
+    from tdpdm.data.npz import NpzSource
+
+    path = tmp_path / "people.npz"
+    names = np.array(["amy", "bob", "amy", "cy"])
+    np.savez(path, images=np.zeros((4, 8, 8), np.uint8), person=names, short=np.zeros(3))
+    source = NpzSource(str(path), name="people", image_size=8)
+    source.check_units("person")
+    ids = source.read_units("person")
+    assert ids[0] == ids[2] and len(set(ids.tolist())) == 3
+    for by, words in (("email", "no 'email' array"), ("short", "expected")):
+        with pytest.raises(DataError, match=words) as err:
+            source.check_units(by)
+        assert "amy" not in str(err.value)

@@ -111,8 +111,9 @@ def statement(
 
 
 def parquet_guarantee(privacy: dict[str, Any], run_id: str, dataset: str) -> dict[str, Any]:
-    keys = ("epsilon", "delta", "adjacency", "accountant", "events", "statement")
-    return {k: privacy[k] for k in keys} | {"run_id": run_id, "dataset": dataset}
+    keys = ("epsilon", "delta", "adjacency", "accountant", "events", "statement", "unit")
+    stamp = {k: privacy[k] for k in keys if k in privacy}  # `unit`: per privacy unit only
+    return stamp | {"run_id": run_id, "dataset": dataset}
 
 
 def events_as_dicts(events: Sequence[Event]) -> list[dict[str, Any]]:

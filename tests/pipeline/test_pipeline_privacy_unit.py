@@ -159,3 +159,6 @@ def test_a_parquet_column_is_the_unit_on_the_command_line(tmp_path: Path, people
     assert privacy["unit"] | {} and privacy["unit"]["by"] == "person"
     assert "each privacy unit (person)" in privacy["statement"]
     assert privacy["epsilon"] <= EPSILON
+    table = pq.read_table(out / "release" / "synthetic" / "part-0.parquet")
+    stamp = json.loads(table.schema.metadata[b"tdpdm"])
+    assert stamp["unit"]["records_per_unit"] == 2 and stamp["epsilon"] == privacy["epsilon"]

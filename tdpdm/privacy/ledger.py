@@ -149,11 +149,15 @@ class Ledger:
         epsilon: float,
         delta: float,
         adjacency: str,
-        unit: PrivacyUnit | None = None,
+        unit: PrivacyUnit | str | None = "keep",
     ) -> Budget:
         """Set (or raise) a data set's budget. Lowering it below what is spent, or changing the
         adjacency or the privacy unit once anything was charged, is refused: each would rewrite
-        history."""
+        history. `unit`: "keep" (the default) keeps the budget's unit, None is per record."""
+        if unit == "keep":
+            old_budget = self.budget(dataset)
+            unit = old_budget.unit if old_budget else None
+        assert unit is None or isinstance(unit, PrivacyUnit)
         budget = Budget(float(epsilon), float(delta), Adjacency.parse(adjacency), unit)
         if not (budget.epsilon > 0):
             raise LedgerError(f"budget epsilon must be positive, got {epsilon}")

@@ -114,20 +114,42 @@ def unit_bound(
     cap_epsilon: float,
 ) -> EpsilonBound:
     """The epsilon bound to compare and print: record-level without a unit, else the group
-    conversion of the accountant's record-level bound (see the module docstring)."""
+    conversion of the accountant's record-level bound (see the module docstring).
+
+    The record delta is first chosen for `cap_epsilon`. When that bound exceeds the cap (or the
+    accountant cannot go down to so small a delta and answers infinity), the least
+    self-consistent cap is searched from below: c = k eps_r(delta_r(c)), each step valid only
+    once the bound is at or under its own cap, so the delta stated is always met."""
     if unit is None:
         return compute_epsilon(events, delta, adjacency)
     adjacency = Adjacency.parse(adjacency)
     if adjacency is not Adjacency.ADD_REMOVE:
         raise UnitError("a privacy unit needs add/remove adjacency (mode private)")
-    d_r = record_delta(unit, cap_epsilon, delta)
+    best = _converted(events, delta, adjacency, unit, cap_epsilon)
+    if best.epsilon <= cap_epsilon or unit.k == 1:
+        return best
+    cap = _converted(events, delta, adjacency, unit, 0.0).epsilon
+    for _ in range(40):
+        if not math.isfinite(cap):
+            break
+        bound = _converted(events, delta, adjacency, unit, cap)
+        if bound.epsilon <= cap:
+            return bound if bound.epsilon < best.epsilon or best.delta > delta else best
+        cap = bound.epsilon * 1.002
+    return best
+
+
+def _converted(
+    events: Sequence[Event], delta: float, adjacency: Adjacency, unit: PrivacyUnit, cap: float
+) -> UnitBound:
+    d_r = record_delta(unit, cap, delta)
     record = compute_epsilon(events, d_r, adjacency)
     k = unit.k
     epsilon = k * record.epsilon
-    honest = k * math.exp((k - 1) * record.epsilon) * d_r
+    honest = k * math.exp((k - 1) * record.epsilon) * d_r if math.isfinite(epsilon) else 1.0
     return UnitBound(
         epsilon=epsilon,
-        delta=delta if honest <= delta else honest,
+        delta=delta if honest <= delta else min(1.0, honest),
         adjacency=adjacency,
         accountant=f"{record.accountant}; group privacy over k={k} records per unit",
         unit=unit,

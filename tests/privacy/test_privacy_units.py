@@ -73,9 +73,14 @@ def test_k_records_per_unit_is_group_privacy_of_the_record_bound() -> None:
     assert bound.record_epsilon == record.epsilon and bound.record_delta == d_r
     assert bound.epsilon <= cap and bound.delta == delta
     assert 3 * math.exp(2 * record.epsilon) * d_r <= delta  # the group delta holds
-    # Over the cap, the honest (larger) delta is stated, never the target's.
-    tight = unit_bound(EVENTS, delta, ADD, unit, cap_epsilon=bound.epsilon / 4)
-    assert tight.epsilon > bound.epsilon / 4 and tight.delta > delta
+    # Over the cap (or at a cap so large that the accountant cannot reach its delta), the
+    # least self-consistent cap is found: the stated delta is still met.
+    for cap in (bound.epsilon / 4, 100.0):
+        other = unit_bound(EVENTS, delta, ADD, unit, cap_epsilon=cap)
+        assert math.isfinite(other.epsilon) and other.delta == delta
+        again = compute_epsilon(EVENTS, other.record_delta, ADD).epsilon
+        assert other.epsilon == pytest.approx(3 * again)
+        assert 3 * math.exp(2 * again) * other.record_delta <= delta
     with pytest.raises(UnitError, match="add/remove"):
         unit_bound(EVENTS, delta, Adjacency.REPLACE_ONE, unit, cap_epsilon=cap)
 
@@ -95,6 +100,8 @@ def test_the_ledger_budget_carries_the_unit_and_refuses_mixing(tmp_path: Path) -
             ledger.set_budget("faces", 40.0, 1e-5, "add_remove", other)
         assert "\n" not in str(err.value)
     assert ledger.budget("faces").unit == unit
+    # `tdpdm budget set` (no unit given) raises the budget and keeps its unit.
+    assert ledger.set_budget("faces", 32.0, 1e-5, "add_remove").unit == unit
 
 
 class _Grant:

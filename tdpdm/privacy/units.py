@@ -13,7 +13,8 @@ data set's budget carries the unit and k, and every epsilon the ledger, the plan
 compare or print is `unit_bound` of the record-level events. The record-level delta is chosen
 from a cap (the budget's or the run's target epsilon): delta_r = delta / (k e^{(k-1) cap / k}),
 so that a unit-level epsilon at or under the cap comes with a unit-level delta at or under
-delta. Above the cap the honest, larger delta is returned (such a total is refused anyway).
+delta. Above the cap (or where the accountant cannot reach so small a delta), `unit_bound`
+searches the least self-consistent cap; failing that, the honest larger delta is stated.
 For k = 1 the conversion is the identity: the per-record guarantee is the per-unit one.
 """
 

@@ -16,8 +16,7 @@ private record, no custodian file.
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,18 @@ import pyarrow as pa
 from tdpdm.choices import DATASETS
 from tdpdm.config import RunConfig, load_config
 from tdpdm.data import storage
+from tdpdm.data.arrays import array_source
+from tdpdm.data.sources import ArraySource, name_from_uri
 from tdpdm.pipeline import RunResult, run_pipeline
 from tdpdm.stages.artifacts import SYNTHETIC
+from tdpdm.stages.context import training_set
 from tdpdm.stages.resample import PublishedRun, fresh_seed
 
 __all__ = ["Synthesizer"]
 
 Log = Callable[[str], None]
+
+_HANDED_IN = "(records passed in)"
 
 
 class Synthesizer:
@@ -100,18 +104,81 @@ class Synthesizer:
 
     # -- fitting (charged) ------------------------------------------------------------------
 
-    def fit(self, data: Any = None, *, data_dir: str | Path | None = None) -> Synthesizer:
+    def fit(
+        self,
+        data: Any = None,
+        *,
+        data_dir: str | Path | None = None,
+        name: str | None = None,
+        class_names: Sequence[str] | None = None,
+        units: Any = None,
+        records_per_unit: int | None = None,
+    ) -> Synthesizer:
         """Run the whole pipeline on `data` (charged on the ledger, refused before reading a
-        record if the plan does not fit the budget). `data`: a built-in data set name
-        (`"mnist"`, `"fashion-mnist"`) read from `data_dir`; None: the config's data set."""
-        changes = _data_overrides(data) if data is not None else {}
+        record if the plan does not fit the budget). `data`:
+
+        - a built-in data set name (`"mnist"`, `"fashion-mnist"`) read from `data_dir`;
+        - a path or URI (`str` or `pathlib.Path`) of your images: class folders, `.parquet`
+          (Hugging Face layout), a `save_to_disk` folder or `.npz` (the `data` config key);
+          `name` names its ledger budget (default: from the path);
+        - images, or `(images, labels)`, as NumPy arrays or torch tensors: grey (N, H, W) /
+          (N, H, W, 1) or RGB (N, H, W, 3) / (N, C, H, W), uint8 or floats in [0, 1]. `name`
+          is required (the ledger's budget name: arrays have no path), and labels need
+          `class_names` (the public label set); images alone are unlabelled;
+        - None: the config's data set.
+
+        `class_names` declares the classes of a path too (the `classes` config key). `units`
+        (arrays only: one privacy-unit id per image, e.g. a person) makes the guarantee per
+        unit, each unit bounded to `records_per_unit` images (default 1: the config key); for a
+        path, set the `privacy_unit` config key (a Parquet column, an `.npz` array). Malformed
+        input fails with one line before anything is charged or written."""
+        changes, source = self._data_changes(data, name, class_names, units)
         if data_dir is not None:
             changes["data_dir"] = _text(data_dir)
+        if records_per_unit is not None:
+            changes["records_per_unit"] = records_per_unit
         if changes:  # top-level keys: a checked copy of the config, the rest kept
             self.cfg = self.cfg.replace(**changes)
+        records = None if source is None else training_set(self.cfg, _HANDED_IN, source)
         self._published = None
-        self.result = run_pipeline(self.cfg, log=self._log)
+        self.result = run_pipeline(self.cfg, log=self._log, records=records)
         return self
+
+    def _data_changes(
+        self, data: Any, name: str | None, class_names: Sequence[str] | None, units: Any = None
+    ) -> tuple[dict[str, Any], ArraySource | None]:
+        """Config keys for what `fit` was given, and the source of arrays handed in."""
+        classes = tuple(class_names) if class_names is not None else None
+        if units is not None and not _array_like(data):
+            raise TypeError("fit(units=...) goes with arrays; for a path set privacy_unit")
+        if data is None:
+            return {}, None
+        if isinstance(data, str) and data in DATASETS:
+            if name is not None or classes is not None:
+                raise TypeError(f"fit({data!r}): a built-in has its own name and classes")
+            return {"dataset": data, "data": None}, None
+        if isinstance(data, (str, Path)):
+            uri = _text(data)
+            assert uri is not None
+            if "://" not in uri and not storage.exists(uri):
+                raise TypeError(
+                    f"fit(data): {storage.redact(uri)[:80]!r} is neither a built-in data set "
+                    f"({', '.join(DATASETS)}) nor an existing path or URI of your images"
+                )
+            changes: dict[str, Any] = {"data": uri, "dataset": name or name_from_uri(uri)}
+            if classes is not None:
+                changes["classes"] = classes
+            return changes, None
+        if _array_like(data):
+            classes = classes or self.cfg.classes
+            source = array_source(data, name=name, class_names=classes, units=units)
+            unit = {"privacy_unit": "units"} if units is not None else {}
+            return {"dataset": source.name, "data": None, **unit}, source
+        kind = type(data).__name__
+        raise TypeError(
+            f"fit(data): a {kind} is not supported; give a data set name ({', '.join(DATASETS)}),"
+            " a path or URI, or images (NumPy array or torch tensor) with optional labels"
+        )
 
     # -- after fitting (post-processing: free) ---------------------------------------------
 
@@ -181,28 +248,10 @@ class Synthesizer:
         return f"Synthesizer({c.dataset}, {c.mode}, epsilon {c.epsilon:g}; {state})"
 
 
-def _data_overrides(data: Any) -> dict[str, Any]:
-    """Config keys for what `fit` was given; a clear TypeError for inputs not supported."""
-    if isinstance(data, str) and data in DATASETS:
-        return {"dataset": data}
-    if isinstance(data, (str, Path)) and "data" in RunConfig.model_fields:
-        return {"data": _text(data)}  # a path or URI, once user-data readers are in
-    has_sources = importlib.util.find_spec("tdpdm.data.sources") is not None
-    if isinstance(data, (str, Path)):
-        raise TypeError(
-            f"fit(data): {str(data)[:80]!r} is not a built-in data set ({', '.join(DATASETS)}); "
-            "paths and URIs of your own images need the `data` config key"
-            + ("" if has_sources else " (tdpdm.data.sources, not in this build)")
-        )
-    kind = type(data).__name__
-    raise TypeError(
-        f"fit(data): a {kind} is not supported here; give a data set name ({', '.join(DATASETS)})"
-        + (
-            ", or wrap arrays in tdpdm.data.sources.ArraySource"
-            if has_sources
-            else "; arrays and tensors need tdpdm.data.sources.ArraySource (not in this build)"
-        )
-    )
+def _array_like(data: Any) -> bool:
+    """Images, or an (images, labels) pair, as arrays or tensors."""
+    first = data[0] if isinstance(data, tuple | list) and data else data
+    return isinstance(first, np.ndarray) or hasattr(first, "detach")
 
 
 def _dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:

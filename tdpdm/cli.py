@@ -37,6 +37,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "or ClassLabel names)",
     )
     p.add_argument("--channels", type=int, choices=(1, 3), help="--data: 1 grey or 3 RGB")
+    p.add_argument("--privacy-unit", help="--data: column or .npz array of each record's unit")
+    p.add_argument("--records-per-unit", type=int, help="records kept per unit (default 1)")
     p.add_argument(
         "--download",
         action="store_true",
@@ -107,6 +109,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data",
         "image_size",
         "channels",
+        "privacy_unit",
+        "records_per_unit",
         "download",
         "epsilon",
         "delta",

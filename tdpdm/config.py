@@ -249,6 +249,9 @@ class RunConfig(Section):
     classes: Annotated[tuple[str, ...], AsList] | None = None
     """Declared public (default: the folder or ClassLabel names); `channels`: 1 grey, 3 RGB."""
     channels: Literal[1, 3] | None = None
+    privacy_unit: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    """Guarantee per unit (tdpdm.data.units): a Parquet column, an .npz array, `folder:1`."""
+    records_per_unit: Annotated[int, Field(ge=1, le=10000), NoBool] = 1
     download: bool = False
     mode: Mode = "private"
     epsilon: Annotated[Float, AfterValidator(_positive_finite)] = 10.0
@@ -312,10 +315,6 @@ class RunConfig(Section):
                 "distributed.backend local runs one in-process worker: set backend: ray for "
                 "num_workers > 1 or an address"
             )
-        return self
-
-    def validate(self) -> RunConfig:  # type: ignore[override]
-        """Kept for callers: a RunConfig is validated when built and frozen after."""
         return self
 
     def as_dict(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import Event, event_from_dict, event_to_dict
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.privacy.statement import parquet_guarantee, privacy_section
+from tdpdm.privacy.units import record_target
 from tdpdm.report import run_report
 from tdpdm.report.grid import grid_png_bytes
 from tdpdm.report.summary import describe, hardware
@@ -104,12 +105,19 @@ def run_pipeline(
         f"at delta {ctx.budget.delta:g} ({ctx.budget.adjacency.value}); calibrating noise ..."
     )
     model2 = stage2_model(cfg)
+    # Per privacy unit: the mechanisms are calibrated per record to epsilon/k at the record
+    # delta whose group conversion meets (epsilon, delta) per unit (tdpdm.privacy.units).
+    unit = ctx.budget.unit
+    epsilon_r, delta_r = record_target(unit, cfg.epsilon, ctx.budget.delta)
+    rcfg = cfg if unit is None else cfg.replace(epsilon=epsilon_r)
+    if unit is not None:
+        log(f"guarantee per unit ({unit.describe()}): mechanisms calibrated by group privacy")
     plan = plan_run(
-        cfg,
+        rcfg,
         n,
         ctx.budget.adjacency,
-        ctx.budget.delta,
-        stage2=lambda spent: model2.plan(cfg, n, ctx.budget.adjacency, ctx.budget.delta, spent),
+        delta_r,
+        stage2=lambda spent: model2.plan(rcfg, n, ctx.budget.adjacency, delta_r, spent),
     )
     session = ctx.begin(plan.events())
     with charged(ctx, session, lambda: records.reads > 0), _ray_for(cfg):
@@ -131,6 +139,7 @@ def run_encode_stage(
 
     In `private` mode stage 1 is calibrated to the whole `cfg.epsilon`; `tdpdm diffuse` then
     needs a larger target for the two stages together."""
+    _whole_runs_only(cfg)
     ctx = RunContext.start(cfg, log, telemetry)
     _require_backend(cfg)
     records = training_set(cfg, ctx.data_dir, ctx.source)
@@ -169,6 +178,7 @@ def run_diffuse_stage(
 
     Private latents are sensitive: in `private` mode reading them is charged (the stage-2 model
     calibrated so that stage 1 and stage 2 together meet `cfg.epsilon`)."""
+    _whole_runs_only(cfg)
     source = RunLayout(from_dir)
     manifest = read_manifest(source.manifest)
     for key in ("dataset", "mode"):
@@ -224,6 +234,14 @@ def run_diffuse_stage(
     return _publish(ctx, autoencoder, denoiser, events, session, n, {"from": from_dir})
 
 
+def _whole_runs_only(cfg: RunConfig) -> None:
+    if cfg.privacy_unit:
+        raise ValueError(
+            "privacy_unit: a guarantee per unit is planned for both stages together; run the "
+            "whole pipeline (tdpdm run), not encode and diffuse as separate jobs"
+        )
+
+
 def _publish(
     ctx: RunContext,
     autoencoder: torch.nn.Module,
@@ -252,7 +270,7 @@ def _publish(
     ctx.telemetry.stage(ctx.job_id, "sample", 1.0)
 
     events = [*events, *ctx.tuning_events]  # every trial influenced the selection
-    bound = compute_epsilon(events, ctx.budget.delta, ctx.budget.adjacency)
+    bound = ctx.budget.bound(events, cap_epsilon=cfg.epsilon)  # per unit if the budget is
     privacy = privacy_section(
         bound,
         events,

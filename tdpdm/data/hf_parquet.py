@@ -29,6 +29,7 @@ from tdpdm.data.sources import (
     check_name,
 )
 from tdpdm.data.transform import MAX_FILE_BYTES, Header, ImageTransform, probe
+from tdpdm.data.units import unit_ids
 
 #: Largest Parquet file read (images are in it).
 MAX_PARQUET_BYTES = 4 << 30
@@ -190,6 +191,18 @@ class HFParquetSource(DataSource):
                 f"{where}: the 'label' column has no ClassLabel names; declare them (--classes)"
             )
         return classes
+
+    def check_units(self, by: str) -> None:
+        self.describe()
+        for uri in self._files():
+            if by not in self._meta(uri)[1].names:
+                raise DataError(f"{storage.redact(uri)}: --privacy-unit {by!r}: no such column")
+
+    def read_units(self, by: str) -> np.ndarray:
+        self.check_units(by)
+        parts = [self._columns(uri, [by]).column(by).to_pylist() for uri in self._files()]
+        values = np.array([v for part in parts for v in part], dtype=object)
+        return unit_ids(values, self.describe().n_records, storage.redact(self.uri))
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         info = self.describe()

@@ -27,6 +27,7 @@ from tdpdm.data.sources import (
     to_nchw,
 )
 from tdpdm.data.transform import ImageTransform
+from tdpdm.data.units import unit_ids
 
 #: Largest archive read, and largest uncompressed member.
 MAX_NPZ_BYTES = 8 << 30
@@ -118,6 +119,24 @@ class NpzSource(DataSource):
         ImageTransform(out_channels, self.image_size)
         self._info = SourceInfo(self.name, n, classes, out_channels, self.image_size)
         return self._info
+
+    def check_units(self, by: str) -> None:
+        n = self.describe().n_records
+        archive = self._archive()
+        if f"{by}.npy" not in set(archive.namelist()):
+            raise DataError(f"{self.where}: --privacy-unit {by!r}: no {by!r} array in the archive")
+        _dtype, shape = _header(archive, f"{by}.npy", self.where)
+        if shape != (n,):
+            raise DataError(f"{self.where}: the {by!r} array has shape {shape}, expected ({n},)")
+
+    def read_units(self, by: str) -> np.ndarray:
+        self.check_units(by)
+        try:
+            with self._archive().open(f"{by}.npy") as fh:
+                values = np.lib.format.read_array(fh, allow_pickle=False)
+        except Exception as err:
+            raise DataError(f"{self.where}: corrupt array data ({type(err).__name__})") from None
+        return unit_ids(values, self.describe().n_records, self.where)
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         info = self.describe()

@@ -20,6 +20,7 @@ import numpy as np
 
 from tdpdm.data.errors import DataError
 from tdpdm.data.sources import DataSource, IDXSource, SourceInfo
+from tdpdm.data.units import bound_per_unit
 
 
 class PrivateAccessError(PermissionError):
@@ -61,6 +62,9 @@ class PrivateTrainingSet:
         data_dir: str | None = None,
         subset: int | None = None,
         subset_key: SecretStream | None = None,
+        unit: str | None = None,
+        per_unit: int = 1,
+        unit_key: SecretStream | None = None,
     ) -> None:
         if isinstance(dataset, DataSource):
             self.source = dataset
@@ -80,10 +84,21 @@ class PrivateTrainingSet:
             raise DataError(f"subset must be a positive number of records, got {subset}")
         if subset is not None and not isinstance(subset_key, SecretStream):
             raise ValueError("a subset needs a secret key for its per-record draws")
+        self.unit, self.per_unit, self._unit_key = unit, per_unit, unit_key
+        """`unit`: where each record's privacy unit comes from (`tdpdm.data.units`); each unit
+        keeps at most `per_unit` records, by draws from the secret `unit_key`."""
+        if unit is not None and not isinstance(unit_key, SecretStream):
+            raise ValueError("a privacy unit needs a secret key for its per-unit choice")
+        self._kept_units: np.ndarray | None = None
+        """Custodian-side only (tests check the bound with it): the unit ids of the records
+        kept. Never logged, reported or written."""
 
     def describe(self) -> SourceInfo:
         """The source's public description, after its structural checks (no record read)."""
-        return self.source.describe()
+        info = self.source.describe()
+        if self.unit is not None:
+            self.source.check_units(self.unit)  # the column or array exists: structure only
+        return info
 
     def n_records(self) -> int:
         """Records that planning uses: min(subset, record count), from structure only (for a
@@ -112,8 +127,17 @@ class PrivateTrainingSet:
             raise DataError(f"{self.dataset}: the training set is empty")
         if images.shape[1] == 1:
             images = images[:, 0]  # grey stays (N, H, W), as the models have always taken it
-        if self._subset_key is not None and self.subset is not None and self.subset < len(images):
-            # one independent draw per record, in file order
-            keep = self._subset_key.numpy().random(len(images)) < self.subset / len(images)
+        total = len(images)  # the public count: a subset's rate never depends on the bound
+        units = None
+        if self.unit is not None and self._unit_key is not None:
+            # First, before any mechanism sees a record: at most per_unit records per unit.
+            units = self.source.read_units(self.unit)
+            keep = bound_per_unit(units, self.per_unit, self._unit_key.numpy())
+            images, labels, units = images[keep], labels[keep], units[keep]
+        if self._subset_key is not None and self.subset is not None and self.subset < total:
+            # one independent draw per record, in file order, at the public rate subset / N
+            keep = self._subset_key.numpy().random(len(images)) < self.subset / total
             images, labels = images[keep], labels[keep]
+            units = None if units is None else units[keep]
+        self._kept_units = units
         return images, labels

@@ -38,6 +38,8 @@ def selection_problem(cfg: Any) -> str | None:
     """Why a run config's choice of data is inconsistent, in one line, or None (`cfg`: a
     `tdpdm.config.RunConfig`; this floor does not import it)."""
     dataset, data = cfg.dataset, cfg.data
+    if problem := unit_problem(cfg):
+        return problem
     if not NAME_RE.match(dataset):
         return f"dataset {dataset!r}: a name of 1-64 characters a-z, 0-9, '.', '_' or '-'"
     if data is None:
@@ -64,4 +66,25 @@ def selection_problem(cfg: Any) -> str | None:
         )
     if cfg.evaluation.enabled:
         return "evaluation reads a built-in's real test split: not with data:"
+    return None
+
+
+def unit_problem(cfg: Any) -> str | None:
+    """Why the privacy-unit settings cannot be honoured, in one line, or None."""
+    unit = getattr(cfg, "privacy_unit", None)
+    if unit is None:
+        if getattr(cfg, "records_per_unit", 1) != 1:
+            return "records_per_unit bounds records per privacy unit: set privacy_unit too"
+        return None
+    if unit != unit.strip() or "\n" in unit:
+        return f"privacy_unit {unit[:64]!r}: a column or array name on one line"
+    if cfg.mode == "released":
+        return (
+            "privacy_unit: released mode releases each record once under replace-one adjacency, "
+            "a per-record guarantee; use mode private for a guarantee per privacy unit"
+        )
+    if cfg.tune.trials:
+        return "privacy_unit: not with tune.trials (the search is charged per trial, per record)"
+    if cfg.data is None and cfg.dataset in DATASETS:
+        return f"privacy_unit: the built-in {cfg.dataset} has no privacy units (one per record)"
     return None

@@ -30,6 +30,7 @@ import numpy as np
 from tdpdm.data.catalog import DATASETS, get_spec
 from tdpdm.data.errors import DataError
 from tdpdm.data.loader import check_split_headers, load_split
+from tdpdm.data.units import unit_ids
 
 #: One class stands for "no labels": the generative models below are class-conditional.
 UNLABELLED = ("unlabelled",)
@@ -81,6 +82,19 @@ class DataSource(ABC):
     @abstractmethod
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         """Images uint8 (N, C, H, W) and labels int64 (N,): private, under a grant only."""
+
+    def check_units(self, by: str) -> None:
+        """Structure only (before the charge): whether `by` gives every record a privacy unit
+        (`tdpdm.data.units`). Inputs without units refuse."""
+        raise DataError(
+            f"{self.name}: --privacy-unit {by!r}: this input has no privacy units (give them as "
+            "a Parquet/Arrow column, an .npz array or the API's units=)"
+        )
+
+    def read_units(self, by: str) -> np.ndarray:
+        """Private, under a grant only: each record's unit id (int, (N,)), in `read` order."""
+        self.check_units(by)
+        raise NotImplementedError
 
 
 def check_name(name: str, source: str) -> str:
@@ -155,9 +169,10 @@ class ArraySource(DataSource):
         labels: np.ndarray | None,
         class_names: tuple[str, ...] | list[str] | None,
         name: str = "array",
+        units: np.ndarray | None = None,
     ) -> None:
         self.name = check_name(name, "array data")
-        self._images, self._labels = images, labels
+        self._images, self._labels, self._units = images, labels, units
         self._classes = check_classes(tuple(class_names) if class_names else None, self.name)
 
     def describe(self) -> SourceInfo:
@@ -182,6 +197,16 @@ class ArraySource(DataSource):
         if images.shape[0] == 0 or images.shape[0] > MAX_RECORDS:
             raise DataError(f"{where}: {images.shape[0]} records (need 1 to {MAX_RECORDS})")
         return SourceInfo(self.name, int(images.shape[0]), self._classes, chw[0], chw[1])
+
+    def check_units(self, by: str) -> None:
+        if by != "units" or self._units is None:
+            super().check_units(by)
+        if np.shape(self._units) != (self._images.shape[0],):
+            raise DataError(f"{self.name} (arrays): units must hold one value per image")
+
+    def read_units(self, by: str) -> np.ndarray:
+        self.check_units(by)
+        return unit_ids(np.asarray(self._units), self._images.shape[0], f"{self.name} (arrays)")
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         info = self.describe()

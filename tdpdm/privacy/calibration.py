@@ -96,7 +96,11 @@ def calibrate_noise(
         return cached  # re-checked above with the reporting accountant: never trusted blindly
 
     low, high = _geometric_bracket(coarse, target_epsilon, delta)
-    guess = search(coarse_accountant, low, high, 1e-2 * low)
+    # The least noise may already meet the target (a large epsilon): no root to bracket then.
+    if coarse(low) <= target_epsilon:
+        guess = low
+    else:
+        guess = search(coarse_accountant, low, high, 1e-2 * low)
     # The fine root lies close to the coarse one; widen only if it does not.
     low, high = max(MIN_NOISE, guess * 0.9), guess * 1.05
     fine = lambda: make_accountant(adjacency, SEARCH_EPS_ERROR, 1e-3)  # noqa: E731

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tdpdm.privacy.accountant import EpsilonBound, compute_epsilon
+from tdpdm.privacy.accountant import EpsilonBound
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.events import (
     Event,
@@ -26,6 +26,7 @@ from tdpdm.privacy.events import (
     event_to_dict,
 )
 from tdpdm.privacy.store import Document, LedgerStore, open_store
+from tdpdm.privacy.units import PrivacyUnit, UnitError, same_unit, unit_bound
 
 OPEN, SETTLED, CANCELLED = "open", "settled", "cancelled"
 
@@ -47,12 +48,22 @@ class Budget:
     epsilon: float
     delta: float
     adjacency: Adjacency
+    unit: PrivacyUnit | None = None
+    """Set: the budget is per privacy unit, every epsilon the group conversion (`units`)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "delta": self.delta, "adjacency": self.adjacency.value}
+        out = {"epsilon": self.epsilon, "delta": self.delta, "adjacency": self.adjacency.value}
+        return out | ({"unit": self.unit.as_dict()} if self.unit else {})
 
     def describe(self) -> str:
-        return f"(epsilon={self.epsilon:g}, delta={self.delta:g}, {self.adjacency.value})"
+        unit = f", {self.unit.describe()}" if self.unit else ""
+        return f"(epsilon={self.epsilon:g}, delta={self.delta:g}, {self.adjacency.value}{unit})"
+
+    def bound(self, events: Sequence[Event], cap_epsilon: float | None = None) -> EpsilonBound:
+        """`events` composed under this budget (per unit when it has one), the record-level
+        delta chosen for `cap_epsilon` (default: the budget's epsilon)."""
+        cap = self.epsilon if cap_epsilon is None else cap_epsilon
+        return unit_bound(events, self.delta, self.adjacency, self.unit, cap)
 
 
 @dataclass
@@ -132,10 +143,22 @@ class Ledger:
         entry = self.store.read()["datasets"].get(dataset)
         return _budget_of(entry) if entry else None
 
-    def set_budget(self, dataset: str, epsilon: float, delta: float, adjacency: str) -> Budget:
+    def set_budget(
+        self,
+        dataset: str,
+        epsilon: float,
+        delta: float,
+        adjacency: str,
+        unit: PrivacyUnit | str | None = "keep",
+    ) -> Budget:
         """Set (or raise) a data set's budget. Lowering it below what is spent, or changing the
-        adjacency once anything was charged, is refused: both would rewrite history."""
-        budget = Budget(float(epsilon), float(delta), Adjacency.parse(adjacency))
+        adjacency or the privacy unit once anything was charged, is refused: each would rewrite
+        history. `unit`: "keep" (the default) keeps the budget's unit, None is per record."""
+        if unit == "keep":
+            old_budget = self.budget(dataset)
+            unit = old_budget.unit if old_budget else None
+        assert unit is None or isinstance(unit, PrivacyUnit)
+        budget = Budget(float(epsilon), float(delta), Adjacency.parse(adjacency), unit)
         if not (budget.epsilon > 0):
             raise LedgerError(f"budget epsilon must be positive, got {epsilon}")
         if not (0 < budget.delta < 1):
@@ -153,6 +176,11 @@ class Ledger:
                     )
                 if budget.delta != old.delta:
                     raise LedgerError(f"{dataset}: cannot change delta after spending")
+                if budget.unit != old.unit:
+                    try:
+                        same_unit(old.unit, budget.unit, dataset)
+                    except UnitError as err:
+                        raise LedgerError(str(err)) from None
                 spent = _compose(charges, budget)
                 if spent.epsilon > budget.epsilon:
                     raise LedgerError(
@@ -283,7 +311,8 @@ class Ledger:
 
 def _budget_of(entry: dict[str, Any]) -> Budget:
     b = entry["budget"]
-    return Budget(float(b["epsilon"]), float(b["delta"]), Adjacency.parse(b["adjacency"]))
+    unit = PrivacyUnit.from_dict(b.get("unit"))
+    return Budget(float(b["epsilon"]), float(b["delta"]), Adjacency.parse(b["adjacency"]), unit)
 
 
 def _draft(dataset: str, job_id: str, planned: list[Event]) -> Charge:
@@ -301,7 +330,7 @@ def _draft(dataset: str, job_id: str, planned: list[Event]) -> Charge:
 
 def _compose(charges: Sequence[Charge], budget: Budget) -> EpsilonBound:
     events = [e for c in charges for e in c.counted_events()]
-    return compute_epsilon(events, budget.delta, budget.adjacency)
+    return budget.bound(events)
 
 
 def _find(doc: Document, charge_id: str) -> tuple[str, int, Charge]:

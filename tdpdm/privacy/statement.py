@@ -10,6 +10,7 @@ from typing import Any
 
 from tdpdm.privacy.accountant import EpsilonBound
 from tdpdm.privacy.events import Event, event_to_dict
+from tdpdm.privacy.units import UnitBound
 from tdpdm.report.text import epsilon_text
 
 RANDOMNESS = (
@@ -94,17 +95,25 @@ def not_covered(
 def statement(
     bound: EpsilonBound, *, n: int, dataset: str, covered: Sequence[str], adjacency_words: str
 ) -> str:
+    unit = bound.unit if isinstance(bound, UnitBound) else None
+    whom = (
+        f"each privacy unit ({unit.by}) of the {n} training records of {dataset} (a unit's "
+        f"records bounded to at most {unit.k} by a secret random choice)"
+        if unit
+        else f"each of the {n} training records of {dataset}"
+    )
     return (
-        f"({epsilon_text(bound.epsilon)}, {bound.delta:g})-differential privacy for each of the "
-        f"{n} training records of {dataset}, with neighbouring data sets differing by "
+        f"({epsilon_text(bound.epsilon)}, {bound.delta:g})-differential privacy for {whom}, "
+        "with neighbouring data sets differing by "
         f"{adjacency_words}. Covered: {', '.join(covered)}; anything computed from them alone is "
         f"post-processing and covered too. Randomness: {RANDOMNESS}."
     )
 
 
 def parquet_guarantee(privacy: dict[str, Any], run_id: str, dataset: str) -> dict[str, Any]:
-    keys = ("epsilon", "delta", "adjacency", "accountant", "events", "statement")
-    return {k: privacy[k] for k in keys} | {"run_id": run_id, "dataset": dataset}
+    keys = ("epsilon", "delta", "adjacency", "accountant", "events", "statement", "unit")
+    stamp = {k: privacy[k] for k in keys if k in privacy}  # `unit`: per privacy unit only
+    return stamp | {"run_id": run_id, "dataset": dataset}
 
 
 def events_as_dicts(events: Sequence[Event]) -> list[dict[str, Any]]:
@@ -129,9 +138,13 @@ def privacy_section(
     subset: int | None,
     own_data: bool = False,
 ) -> dict[str, Any]:
-    """The report's `privacy` section: the bound, what ran, and what it covers, in words."""
-    words = bound.adjacency.in_words()
-    return {
+    """The report's `privacy` section: the bound, what ran, and what it covers, in words.
+    Per privacy unit (`bound` a `UnitBound`), the epsilon is the unit-level one, and `unit`
+    holds the unit, k and the accountant's record-level figures it was converted from."""
+    unit = bound.unit if isinstance(bound, UnitBound) else None
+    words = unit.in_words() if unit else bound.adjacency.in_words()
+    extra = {"unit": unit_section(bound)} if isinstance(bound, UnitBound) and unit else {}
+    return extra | {
         "epsilon": bound.epsilon,
         "delta": bound.delta,
         "adjacency": bound.adjacency.value,
@@ -156,5 +169,24 @@ def privacy_section(
             custodian_losses=custodian_losses,
             subset=subset,
             own_data=own_data,
-        ),
+        )
+        + ([UNIT_NOT_COVERED] if unit else []),
+    }
+
+
+UNIT_NOT_COVERED = (
+    "privacy unit: which records belong to which unit and how many each unit has stay private "
+    "(read under the charge); the guarantee per unit is group privacy over the k records kept "
+    "per unit, and the record count before bounding is treated as public"
+)
+
+
+def unit_section(bound: UnitBound) -> dict[str, Any]:
+    """The unit, k, the relation, and the record-level bound the unit-level one came from."""
+    assert bound.unit is not None
+    return bound.unit.as_dict() | {
+        "adjacency_words": bound.unit.in_words(),
+        "record_epsilon": bound.record_epsilon,
+        "record_delta": bound.record_delta,
+        "conversion": "group privacy: (k eps_r, k exp((k-1) eps_r) delta_r) per unit of k records",
     }

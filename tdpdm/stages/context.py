@@ -27,6 +27,7 @@ from tdpdm.data.sources import DataSource, IDXSource, SourceInfo
 from tdpdm.privacy.ledger import Budget, Ledger
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
+from tdpdm.privacy.units import PrivacyUnit, same_unit
 from tdpdm.stages.artifacts import RunLayout
 from tdpdm.stages.plan import default_adjacency
 from tdpdm.telemetry import Telemetry, get_telemetry
@@ -108,7 +109,7 @@ class RunContext:
         if self.budget_is_new:
             b = self.budget
             self.budget = self.ledger.set_budget(
-                self.cfg.dataset, b.epsilon, b.delta, b.adjacency.value
+                self.cfg.dataset, b.epsilon, b.delta, b.adjacency.value, b.unit
             )
             self.budget_is_new = False
             self.log(
@@ -200,7 +201,16 @@ def training_set(
     gets its own secret per-record draws."""
     key = MechanismKey.fresh("subset") if cfg.subset is not None else None
     source = source or (IDXSource(cfg.dataset, data_dir) if cfg.data is None else own_data(cfg))
-    return PrivateTrainingSet(source, data_dir, cfg.subset, subset_key=key)
+    unit_key = MechanismKey.fresh("privacy-unit") if cfg.privacy_unit else None
+    return PrivateTrainingSet(
+        source,
+        data_dir,
+        cfg.subset,
+        subset_key=key,
+        unit=cfg.privacy_unit,
+        per_unit=cfg.records_per_unit,
+        unit_key=unit_key,
+    )
 
 
 def handed_in(records: PrivateTrainingSet | None) -> DataSource | None:
@@ -208,6 +218,11 @@ def handed_in(records: PrivateTrainingSet | None) -> DataSource | None:
     if records is None or isinstance(records.source, IDXSource):
         return None
     return records.source
+
+
+def run_unit(cfg: RunConfig) -> PrivacyUnit | None:
+    """The run's privacy unit (None: the guarantee is per record)."""
+    return PrivacyUnit(cfg.privacy_unit, cfg.records_per_unit) if cfg.privacy_unit else None
 
 
 def _checked_source(cfg: RunConfig, source: DataSource | None) -> DataSource | None:
@@ -242,10 +257,17 @@ def _budget_for(ledger: Ledger, cfg: RunConfig, log: Log) -> tuple[Budget, bool]
 
     A new budget is only written when the run's plan is reserved, so a run refused earlier (bad
     delta, impossible epsilon) leaves the ledger as it found it."""
-    budget = ledger.budget(cfg.dataset)
+    budget, unit = ledger.budget(cfg.dataset), run_unit(cfg)
     if budget is None:
         adjacency = default_adjacency(cfg.mode)
-        return Budget(float(cfg.epsilon), float(cfg.delta), adjacency), True
+        return Budget(float(cfg.epsilon), float(cfg.delta), adjacency, unit), True
+    if budget.unit != unit:
+        if ledger.charges(cfg.dataset):
+            same_unit(budget.unit, unit, cfg.dataset)  # refused: charges would not compose
+        stated = unit.describe() if unit else "per record"
+        log(f"note: the {cfg.dataset} budget (nothing charged yet) is now stated {stated}")
+        budget = Budget(budget.epsilon, budget.delta, budget.adjacency, unit)
+        return budget, True  # written with the charge, as a new budget is
     if budget.delta != cfg.delta:
         log(
             f"note: the {cfg.dataset} budget is stated at delta {budget.delta:g}; the run is "

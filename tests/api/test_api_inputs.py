@@ -15,6 +15,7 @@ import torch
 import tdpdm
 from tdpdm.cli import main
 from tdpdm.config import ConfigError
+from tdpdm.data.errors import DataError
 from tdpdm.stages.resample import load_stage2
 
 
@@ -51,21 +52,75 @@ def test_config_keys_are_checked_in_the_constructor(tmp_path: Path) -> None:
         tdpdm.Synthesizer(epsilon=-1)
 
 
+GOOD = np.zeros((4, 28, 28), np.uint8)
+
+
 @pytest.mark.parametrize(
-    ("data", "words"),
+    ("data", "kwargs", "error", "words"),
     [
-        (np.zeros((4, 28, 28), np.uint8), "ndarray"),
-        (torch.zeros(4, 28, 28), "Tensor"),
-        ("cifar-10", "not a built-in data set"),
+        ({"a": 1}, {}, TypeError, "a dict is not supported"),
+        ("cifar-10", {}, TypeError, "neither a built-in data set .* nor an existing path"),
+        (GOOD, {}, DataError, "arrays need name="),
+        (torch.zeros(4, 28, 28), {}, DataError, "arrays need name="),
+        (np.full((4, 28, 28), np.nan, np.float32), {"name": "a"}, DataError, "NaN or infinite"),
+        (torch.full((4, 28, 28), np.inf), {"name": "a"}, DataError, "NaN or infinite"),
+        (np.full((4, 28, 28), 2.0), {"name": "a"}, DataError, r"in \[0, 1\]"),
+        (np.full((4, 28, 28), 200, np.int64), {"name": "a"}, DataError, "dtype int64"),
+        (np.zeros((4, 28), np.uint8), {"name": "a"}, DataError, "2 dimensions"),
+        (np.zeros((4, 28, 28, 2), np.uint8), {"name": "a"}, DataError, "C 1 or 3"),
+        (np.zeros((4, 28, 20), np.uint8), {"name": "a"}, DataError, "square"),
+        ((GOOD, np.zeros(4, int)), {"name": "a"}, DataError, "labels need class_names="),
+        ((GOOD, np.zeros(3, int)), {"name": "a", "class_names": ["x"]}, DataError, r"\(4,\)"),
+        ((GOOD, np.zeros(4)), {"name": "a", "class_names": ["x"]}, DataError, "integers"),
+        (GOOD, {"name": "a", "class_names": ["x"]}, DataError, "no labels"),
+        (GOOD, {"name": "Bad Name"}, DataError, "data set name"),
     ],
 )
-def test_fit_refuses_inputs_it_cannot_read_before_running(data, words, tmp_path: Path) -> None:
+def test_fit_refuses_inputs_it_cannot_read_before_running(
+    data, kwargs, error, words, tmp_path: Path
+) -> None:
+    """One line, no value of the data in it, and nothing charged or written."""
     ledger = tmp_path / "ledger.json"
     synth = tdpdm.Synthesizer(ledger=ledger, out=tmp_path / "out", log=None)
-    with pytest.raises(TypeError, match=words) as err:
-        synth.fit(data)
-    assert "\n" not in str(err.value)
+    with pytest.raises(error, match=words) as err:
+        synth.fit(data, **kwargs)
+    assert "\n" not in str(err.value) and "200" not in str(err.value)
     assert not ledger.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda x: x[:, 0],  # (N, H, W)
+        lambda x: x[:, 0, :, :, None],  # (N, H, W, 1)
+        lambda x: x[:, :1],  # (N, 1, H, W)
+        lambda x: torch.from_numpy(x[:, 0]),  # a tensor
+        lambda x: torch.from_numpy(x[:, 0] / 255.0),  # floats in [0, 1]
+        lambda x: (x[:, 0] / 255.0).astype(np.float32),
+    ],
+)
+def test_every_grey_layout_reads_as_the_same_uint8_images(layout) -> None:
+    from tdpdm.data.arrays import array_source
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
+    source = array_source(layout(pixels), name="grey", class_names=None)
+    images, labels = source.read()
+    assert images.dtype == np.uint8 and np.array_equal(images, pixels)
+    assert labels.tolist() == [0] * 5 and source.describe().class_names == ("unlabelled",)
+
+
+def test_rgb_layouts_and_labelled_tensors() -> None:
+    from tdpdm.data.arrays import array_source
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (4, 3, 6, 6), dtype=np.uint8)
+    labels = torch.tensor([0, 1, 1, 0])
+    for images in (pixels, pixels.transpose(0, 2, 3, 1), torch.from_numpy(pixels / 255.0)):
+        source = array_source((images, labels), name="rgb", class_names=("a", "b"))
+        got, got_labels = source.read()
+        assert np.array_equal(got, pixels) and got_labels.tolist() == [0, 1, 1, 0]
+        assert (source.describe().channels, source.describe().image_size) == (3, 6)
 
 
 def test_sampling_before_fit_is_a_clear_error() -> None:
@@ -111,7 +166,7 @@ def test_fit_keeps_the_config_and_changes_only_the_data(
     from tdpdm.config import load_config
 
     ran = []
-    monkeypatch.setattr(api, "run_pipeline", lambda cfg, log: ran.append(cfg) or "result")
+    monkeypatch.setattr(api, "run_pipeline", lambda cfg, log, records: ran.append(cfg) or "result")
     cfg = load_config(None, {"epsilon": 2, "stage2.epochs": 3, "out": str(tmp_path / "o")})
     synth = tdpdm.Synthesizer.from_config(cfg, log=None)
     assert synth.fit("fashion-mnist", data_dir=tmp_path / "data") is synth

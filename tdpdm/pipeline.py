@@ -334,7 +334,7 @@ def _tuned_stage2(
             run_id=ctx.job_id,
             n_records=n,
             num_classes=ctx.spec.num_classes,
-            latent_dim=latent_size(cfg.stage1),
+            latent_dim=latent_size(cfg.stage1, cfg.image_size),
             latents_uri=latents_uri,
             stage1_events=stage1_events,
             adjacency=ctx.budget.adjacency,

@@ -82,6 +82,8 @@ class RunContext:
         source = _checked_source(cfg, source)
         spec = get_spec(cfg.dataset) if source is None else source.describe()
         cfg = with_data_shape(cfg, spec)
+        if cfg.data_test is not None or (source is not None and cfg.evaluation.enabled):
+            test_split(cfg, spec).describe()  # its structure checked before any charge
         if source is None:
             data_dir = ensure_dataset(
                 cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
@@ -227,6 +229,25 @@ def _checked_source(cfg: RunConfig, source: DataSource | None) -> DataSource | N
         )
     _check_model_shape(cfg, source.describe(), source.name)
     return source
+
+
+def test_split(cfg: RunConfig, spec: DatasetSpec | SourceInfo) -> DataSource:
+    """Your data's real test split (`cfg.data_test`), read like the training data: the same
+    classes (by name), channels and size. Only the custodian's opt-in evaluation reads it."""
+    if cfg.data_test is None:
+        raise DataError("evaluation on your own data needs its real test split: --data-test")
+    if not getattr(spec, "labelled", True):
+        raise DataError(
+            f"{cfg.dataset}: the data is unlabelled, so there is nothing to evaluate a classifier "
+            "on (the evaluation trains and tests class-conditional CNNs)"
+        )
+    return data_source(
+        cfg.data_test,
+        name=cfg.dataset,
+        image_size=spec.image_size,
+        classes=tuple(spec.class_names),
+        channels=spec.channels,
+    )
 
 
 def with_data_shape(cfg: RunConfig, spec: DatasetSpec | SourceInfo) -> RunConfig:

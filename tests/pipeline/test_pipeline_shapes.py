@@ -48,15 +48,24 @@ def shape_arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([shape_image(int(k), rng) for k in labels]), labels
 
 
-@pytest.fixture(scope="module")
-def rgb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    images, labels = shape_arrays()
-    root = tmp_path_factory.mktemp("rgb") / "shapes"
+def write_folder(root: Path, seed: int) -> Path:
+    images, labels = shape_arrays(seed)
     for i, (img, k) in enumerate(zip(images, labels, strict=True)):
         folder = root / CLASSES[int(k)]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img, mode="RGB").save(folder / f"{i:04d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def rgb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("rgb") / "shapes", seed=0)
+
+
+@pytest.fixture(scope="module")
+def rgb_test_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A disjoint real test split of the same classes (other draws)."""
+    return write_folder(tmp_path_factory.mktemp("rgb-test") / "shapes-test", seed=9)
 
 
 def _overrides(tmp_path: Path, data: Path, **extra) -> dict:
@@ -93,8 +102,11 @@ def _check_rgb_parquet(parquet: Path, count: int, names: list[str]) -> None:
     assert set(ds["label"]) <= set(range(len(CLASSES)))
 
 
-def test_rgb_folder_runs_end_to_end_and_loads_in_datasets(tmp_path: Path, rgb_folder: Path):
-    cfg = load_config(None, _overrides(tmp_path, rgb_folder))
+def test_rgb_folder_runs_end_to_end_and_loads_in_datasets(
+    tmp_path: Path, rgb_folder: Path, rgb_test_folder: Path
+):
+    evaluation = {"evaluation.enabled": True, "data_test": str(rgb_test_folder)}
+    cfg = load_config(None, _overrides(tmp_path, rgb_folder, **evaluation))
     assert cfg.channels is None  # read from the folder's description
     with torch_threads(1):
         result = run_pipeline(cfg, log=lambda _: None)
@@ -109,6 +121,14 @@ def test_rgb_folder_runs_end_to_end_and_loads_in_datasets(tmp_path: Path, rgb_fo
     assert result.epsilon <= cfg.epsilon
     [charge] = Ledger(cfg.ledger).charges("shapes")
     assert charge.status == "settled"
+    # The custodian's evaluation on the real test split: 3 classes, RGB 32x32 CNNs.
+    metrics = result.report["metrics"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert 1.0 <= metrics["inception_score"] <= len(CLASSES) + 1e-6
+    assert metrics["classifier_fd"] is not None and metrics["classifier_fd"] >= 0
+    assert (Path(cfg.out) / "custodian" / "evaluation.json").exists()
+    assert report["metrics"]["accuracy"] is None  # never in the release
+    assert not (release / "evaluation.json").exists()
 
     # More records later from the release alone: the decoder is rebuilt 3x32x32.
     more = tmp_path / "more.parquet"
@@ -140,3 +160,39 @@ def test_rgb_npz_runs_with_the_lipschitz_vae(tmp_path: Path) -> None:
     diameter = report["latents"]["input_diameter"]
     assert diameter == pytest.approx(np.sqrt(3 * SIDE * SIDE))
     _check_rgb_parquet(release / "synthetic" / "part-0.parquet", 60, list(CLASSES))
+
+
+def test_evaluation_on_own_data_without_a_test_split_is_refused_before_any_charge(
+    tmp_path: Path, rgb_folder: Path, capsys
+) -> None:
+    ledger, out = tmp_path / "ledger.json", tmp_path / "out"
+    args = ["run", "--data", str(rgb_folder), "--image-size", "32", "--evaluate"]
+    code = main([*args, "--ledger", str(ledger), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--data-test" in err[0], err
+    assert not ledger.exists() and not out.exists()
+
+
+def test_a_test_split_of_other_classes_is_refused_before_any_charge(
+    tmp_path: Path, rgb_folder: Path, capsys
+) -> None:
+    other = tmp_path / "other-test"
+    (other / "purple-stars").mkdir(parents=True)
+    Image.fromarray(np.zeros((SIDE, SIDE, 3), np.uint8)).save(other / "purple-stars" / "0.png")
+    ledger, out = tmp_path / "ledger.json", tmp_path / "out"
+    args = ["run", "--data", str(rgb_folder), "--image-size", "32", "--evaluate", "--no-progress"]
+    code = main([*args, "--data-test", str(other), "--ledger", str(ledger), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert not ledger.exists() and not out.exists()
+
+
+def test_data_test_belongs_to_your_own_data() -> None:
+    from tdpdm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data_test is a test split of your own data"):
+        load_config(None, {"dataset": "mnist", "data_test": "/tmp/x"})
+    ok = load_config(
+        None, {"data": "/tmp/own", "data_test": "/tmp/own-test", "evaluation.enabled": True}
+    )
+    assert ok.data_test == "/tmp/own-test" and ok.dataset == "own"

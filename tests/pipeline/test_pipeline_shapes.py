@@ -196,3 +196,15 @@ def test_data_test_belongs_to_your_own_data() -> None:
         None, {"data": "/tmp/own", "data_test": "/tmp/own-test", "evaluation.enabled": True}
     )
     assert ok.data_test == "/tmp/own-test" and ok.dataset == "own"
+
+
+def test_audit_on_rgb_data(tmp_path: Path, rgb_folder: Path) -> None:
+    """The canaries take the data's shape (3x32x32) and the scorers rebuild the RGB models."""
+    from tdpdm.audit.run import run_audit
+
+    cfg = load_config(None, _overrides(tmp_path, rgb_folder))
+    with torch_threads(1):
+        result = run_audit(cfg, canaries=10, log=lambda _: None)
+    assert result.lower_bound <= result.claimed
+    [charge] = Ledger(cfg.ledger).charges("shapes")
+    assert charge.status == "settled"

@@ -153,6 +153,8 @@ def run_encode_stage(
         "mechanism": s1.mechanism,
         "vae_hidden": s1.vae_hidden,
         "width": s1.width,
+        "channels": ctx.cfg.channels,
+        "image_size": ctx.cfg.image_size,
         "events": [event_to_dict(e) for e in session.recorded],
         "guarantee": bound.as_dict(),
         "stages": ctx.stages,
@@ -188,7 +190,10 @@ def run_diffuse_stage(
     ctx = RunContext.start(cfg, log, telemetry)
     stage1_events = [event_from_dict(e) for e in manifest["events"]]
     n = int(manifest["n_records"])
-    autoencoder = STAGE1_MECHANISMS[stage1.mechanism].blank(cfg)
+    shape = (ctx.cfg.channels, ctx.cfg.image_size)
+    if shape != (manifest.get("channels", 1), manifest.get("image_size", 28)):
+        raise ValueError(f"{from_dir} was encoded for another image shape than {shape}")
+    autoencoder = STAGE1_MECHANISMS[stage1.mechanism].blank(ctx.cfg)
     load_model_state(source.autoencoder, autoencoder)
     latents_uri = source.latents(cfg.mode)
     model2 = stage2_model(cfg)

@@ -208,3 +208,23 @@ def test_audit_on_rgb_data(tmp_path: Path, rgb_folder: Path) -> None:
     assert result.lower_bound <= result.claimed
     [charge] = Ledger(cfg.ledger).charges("shapes")
     assert charge.status == "settled"
+
+
+def test_rgb_encode_then_diffuse(tmp_path: Path, rgb_folder: Path) -> None:
+    """`tdpdm encode` then `tdpdm diffuse --from`: the decoder is rebuilt 3x32x32 from the run's
+    own (resolved) shape, which the stage-1 manifest records."""
+    from tdpdm.pipeline import run_diffuse_stage, run_encode_stage
+
+    enc = load_config(
+        None, _overrides(tmp_path, rgb_folder, out=str(tmp_path / "enc"), epsilon=3.0)
+    )
+    Ledger(enc.ledger).set_budget("shapes", 10.0, enc.delta, "add_remove")
+    with torch_threads(1):
+        manifest = run_encode_stage(enc, log=lambda _: None)
+    assert (manifest["channels"], manifest["image_size"]) == (3, SIDE)
+    dif = enc.replace(out=str(tmp_path / "dif"), epsilon=8.0)
+    with torch_threads(1):
+        run_diffuse_stage(dif, str(tmp_path / "enc"), log=lambda _: None)
+    _check_rgb_parquet(
+        tmp_path / "dif" / "release" / "synthetic" / "part-0.parquet", 60, sorted(CLASSES)
+    )

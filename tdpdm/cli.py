@@ -30,6 +30,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "Face layout) or a .npz, local or s3://; its ledger name comes from the path (or "
         "--set dataset=NAME)",
     )
+    p.add_argument(
+        "--data-test",
+        dest="data_test",
+        help="--data: a real test split of your images (same kinds), read only by --evaluate "
+        "(custodian-only metrics)",
+    )
     p.add_argument("--image-size", dest="image_size", type=int, help="--data: side in pixels")
     p.add_argument(
         "--classes",
@@ -107,6 +113,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "dataset",
         "data_dir",
         "data",
+        "data_test",
         "image_size",
         "channels",
         "privacy_unit",

@@ -244,7 +244,8 @@ class RunConfig(Section):
     """The ledger's name: a built-in (read from data_dir) or your `data`'s (default: its path)."""
     data_dir: str = "../shared/datasets"
     data: str | None = None
-    """Your images: class folders, .parquet (Hugging Face layout) or .npz (tdpdm.data.inputs)."""
+    data_test: str | None = None
+    """Your images, and a real test split of them for the evaluation only (tdpdm.data.inputs)."""
     image_size: Annotated[int, Field(ge=8, le=512), NoBool] = 28
     classes: Annotated[tuple[str, ...], AsList] | None = None
     """Declared public (default: the folder or ClassLabel names); `channels`: 1 grey, 3 RGB."""
@@ -268,9 +269,8 @@ class RunConfig(Section):
     metrics_port: Int | None = None
     progress: bool = True
     custodian_losses: bool = False
-    """Opt-in: show training losses (unnoised statistics of private records) on the progress
-    bar and telemetry and keep them in custodian/report.json; the report lists them as not
-    covered."""
+    """Opt-in: training losses (unnoised statistics of private records) on the progress bar,
+    telemetry and custodian/report.json; the report lists them as not covered."""
     stage1: Stage1Config = Stage1Config()
     release: ReleaseConfig = ReleaseConfig()
     stage2: Stage2Config = Stage2Config()

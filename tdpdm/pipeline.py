@@ -48,7 +48,7 @@ from tdpdm.stages.artifacts import (
     save_model,
     write_manifest,
 )
-from tdpdm.stages.context import Log, RunContext, charged, handed_in, training_set
+from tdpdm.stages.context import Log, RunContext, charged, handed_in, test_split, training_set
 from tdpdm.stages.encode import latent_size
 from tdpdm.stages.latents_io import read_latents
 from tdpdm.stages.plan import plan_run
@@ -162,6 +162,8 @@ def run_encode_stage(
         "mechanism": s1.mechanism,
         "vae_hidden": s1.vae_hidden,
         "width": s1.width,
+        "channels": ctx.cfg.channels,
+        "image_size": ctx.cfg.image_size,
         "events": [event_to_dict(e) for e in session.recorded],
         "guarantee": bound.as_dict(),
         "stages": ctx.stages,
@@ -198,7 +200,10 @@ def run_diffuse_stage(
     ctx = RunContext.start(cfg, log, telemetry)
     stage1_events = [event_from_dict(e) for e in manifest["events"]]
     n = int(manifest["n_records"])
-    autoencoder = STAGE1_MECHANISMS[stage1.mechanism].blank(cfg)
+    shape = (ctx.cfg.channels, ctx.cfg.image_size)
+    if shape != (manifest.get("channels", 1), manifest.get("image_size", 28)):
+        raise ValueError(f"{from_dir} was encoded for another image shape than {shape}")
+    autoencoder = STAGE1_MECHANISMS[stage1.mechanism].blank(ctx.cfg)
     load_model_state(source.autoencoder, autoencoder)
     latents_uri = source.latents(cfg.mode)
     model2 = stage2_model(cfg)
@@ -312,7 +317,11 @@ def _publish(
         privacy=privacy,
         # data URIs may carry user-info or a signed query: the report holds them redacted
         config=cfg.as_dict()
-        | {k: storage.redact(v) for k in ("data", "data_dir") if (v := getattr(cfg, k))},
+        | {
+            k: storage.redact(v)
+            for k in ("data", "data_test", "data_dir")
+            if (v := getattr(cfg, k))
+        },
         stages=ctx.stages,
         latents=latents_info,
         artifacts=artifacts.release_listing(cfg.mode)
@@ -352,7 +361,7 @@ def _tuned_stage2(
             run_id=ctx.job_id,
             n_records=n,
             num_classes=ctx.spec.num_classes,
-            latent_dim=latent_size(cfg.stage1),
+            latent_dim=latent_size(cfg.stage1, cfg.image_size),
             latents_uri=latents_uri,
             stage1_events=stage1_events,
             adjacency=ctx.budget.adjacency,
@@ -368,19 +377,29 @@ def _tuned_stage2(
 
 
 def _evaluate(ctx: RunContext, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Custodian-only metrics (opt-in): they read the real train/test splits without noise."""
-    cfg = ctx.cfg
+    """Custodian-only metrics (opt-in): they read the real train/test splits without noise (your
+    own data: all its records and its `data_test` split); nothing from them is published."""
+    cfg, spec = ctx.cfg, ctx.spec
+    side = spec.image_shape  # (H, W); the data's public shape, as the models take it
     if not cfg.evaluation.enabled:
         return dict(run_report.EMPTY_METRICS)
     from tdpdm.evaluate.metrics import evaluate_synthetic
 
     ctx.log("evaluating (reads the real train/test splits; custodian-only metrics) ...")
     with ctx.timed("evaluate"):
+        if ctx.source is None:
+            train = load_split(cfg.dataset, ctx.data_dir, "train")
+            test = load_split(cfg.dataset, ctx.data_dir, "test")
+        else:
+            train = _grey_squeezed(ctx.source.read())
+            test = _grey_squeezed(test_split(cfg, ctx.spec).read())
         metrics = evaluate_synthetic(
             images,
             labels,
-            real_train=load_split(cfg.dataset, ctx.data_dir, "train"),
-            real_test=load_split(cfg.dataset, ctx.data_dir, "test"),
+            real_train=train,
+            real_test=test,
+            num_classes=spec.num_classes,
+            image_shape=side if spec.channels == 1 else (spec.channels, *side),
             dataset=cfg.dataset,
             device=cfg.device,
             seed=cfg.seed,
@@ -392,6 +411,12 @@ def _evaluate(ctx: RunContext, images: np.ndarray, labels: np.ndarray) -> dict[s
             progress=cfg.progress,
         )
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}
+
+
+def _grey_squeezed(split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A source's (N, C, H, W) images in the synthetic layout: grey (N, H, W), RGB as it is."""
+    images, labels = split
+    return (images[:, 0] if images.shape[1] == 1 else images), labels
 
 
 def _trade_off_figure(report: dict[str, Any]) -> dict[str, bytes]:

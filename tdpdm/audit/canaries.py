@@ -58,7 +58,7 @@ def make_canaries(
     adjacency: Adjacency,
     *,
     seed: int,
-    shape: tuple[int, int] = (28, 28),
+    shape: tuple[int, ...] = (28, 28),
     num_classes: int = 10,
     density: float = 0.5,
 ) -> CanaryDesign:

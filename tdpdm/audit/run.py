@@ -32,6 +32,7 @@ from tdpdm.pipeline import run_pipeline, training_set
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.audit_bound import audit_lower_bound
 from tdpdm.privacy.ledger import Ledger
+from tdpdm.stages.context import with_data_shape
 from tdpdm.stages.plan import default_adjacency
 
 Log = Callable[[str], None]
@@ -105,9 +106,10 @@ def run_audit(
         canaries,
         adjacency,
         seed=cfg.seed,
-        shape=spec.image_shape,
+        shape=spec.image_shape if spec.channels == 1 else (spec.channels, *spec.image_shape),
         num_classes=spec.num_classes,
     )
+    run_cfg = with_data_shape(run_cfg, spec)  # the scorers rebuild the models of this shape
     # the configured training set (a subset draws its own secret key), canaries appended
     records = CanaryTrainingSet(base, design)
     log(

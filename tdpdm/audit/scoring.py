@@ -32,6 +32,7 @@ from tdpdm.stages.encode import (
     build_autoencoder,
     encode,
     images_to_tensor,
+    model_shape,
     new_autoencoder,
     reconstruction_loss,
 )
@@ -61,7 +62,8 @@ class RunArtifacts:
                 f"the built-in scorers read an autoencoder checkpoint, not stage1.mechanism "
                 f"{stage1_mechanism(self.cfg)!r}"
             )
-        model = build_autoencoder(self.cfg.stage1)
+        channels, image_size = model_shape(self.cfg)
+        model = build_autoencoder(self.cfg.stage1, channels=channels, image_size=image_size)
         load_model_state(self.release(self.autoencoder_path), model)
         return model.eval()
 
@@ -77,7 +79,11 @@ class RunArtifacts:
     def initial_autoencoder(self) -> LatentAutoencoder:
         """The weights training started from: public, since the seed and config are (built by
         the same function the pipeline uses)."""
-        return new_autoencoder(self.cfg.stage1, self.cfg.seed).eval()
+        channels, image_size = model_shape(self.cfg)
+        model = new_autoencoder(
+            self.cfg.stage1, self.cfg.seed, channels=channels, image_size=image_size
+        )
+        return model.eval()
 
     @cached_property
     def _released(self) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""Which data a run reads (`dataset`, `data`, `image_size`, `classes`, `channels`), checked as
-a whole: the rules the config applies, kept next to the sources they describe.
+"""Which data a run reads (`dataset`, `data`, `data_test`, `image_size`, `classes`, `channels`),
+checked as a whole: the rules the config applies, kept next to the sources they describe.
 
 `dataset` is the ledger's name for the data set (its budget). A built-in (`mnist`,
 `fashion-mnist`) is read from `data_dir`; your own images come from `data`, and `dataset` then
@@ -42,6 +42,13 @@ def selection_problem(cfg: Any) -> str | None:
         return problem
     if not NAME_RE.match(dataset):
         return f"dataset {dataset!r}: a name of 1-64 characters a-z, 0-9, '.', '_' or '-'"
+    if cfg.data_test is not None and dataset in DATASETS:
+        return f"data_test is a test split of your own data: the built-in {dataset} has its own"
+    if dataset not in DATASETS and cfg.evaluation.enabled and cfg.data_test is None:
+        return (
+            "evaluation on your own data needs a real test split of it, disjoint from the "
+            "training records: data_test: (--data-test), a folder, .parquet or .npz"
+        )
     if data is None:
         if dataset not in DATASETS:
             return None  # records passed in by the Python API (else refused when the run starts)
@@ -64,8 +71,6 @@ def selection_problem(cfg: Any) -> str | None:
             f"data: {storage.redact(data)!r} is your own data set: name it (dataset:) with a "
             f"name of its own, not the built-in {dataset!r}, whose budget it would spend"
         )
-    if cfg.evaluation.enabled:
-        return "evaluation reads a built-in's real test split: not with data:"
     return None
 
 

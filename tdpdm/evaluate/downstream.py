@@ -44,14 +44,24 @@ def downstream_accuracy(
     val_fraction: float = 0.1,
     batch_size: int = 128,
     progress: bool = True,
+    num_classes: int = 10,
 ) -> dict:
     """Accuracy in [0, 1] on the real test split of a CNN trained on synthetic data.
 
     The epoch is selected on a held-out *synthetic* split; the real test split is read once,
     after selection, so it cannot leak into the model choice.
     """
-    synth_images, synth_labels = validate_image_set(synth_images, synth_labels, name="synthetic")
-    test_images, test_labels = validate_image_set(test_images, test_labels, name="real test")
+    synth_images, synth_labels = validate_image_set(
+        synth_images, synth_labels, name="synthetic", num_classes=num_classes, shape=None
+    )
+    test_images, test_labels = validate_image_set(
+        test_images, test_labels, name="real test", num_classes=num_classes, shape=None
+    )
+    if synth_images.shape[1:] != test_images.shape[1:]:
+        raise ValueError(
+            f"synthetic images {synth_images.shape[1:]} and real test images "
+            f"{test_images.shape[1:]} differ in shape"
+        )
     train_idx, val_idx = stratified_split(synth_labels, val_fraction, seed)
     trained = train_classifier(
         synth_images[train_idx],
@@ -63,6 +73,7 @@ def downstream_accuracy(
         val_images=synth_images[val_idx],
         val_labels=synth_labels[val_idx],
         progress=progress,
+        num_classes=num_classes,
     )
     return {
         "accuracy": accuracy(trained.model, test_images, test_labels, device),

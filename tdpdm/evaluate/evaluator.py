@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from tdpdm.data import storage
-from tdpdm.evaluate.training import train_classifier, validate_image_set
-from tdpdm.models.classifier import DPDMClassifier
+from tdpdm.evaluate.training import classifier_for, train_classifier, validate_image_set
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -37,12 +36,15 @@ def evaluator_cache_path(
     epochs: int,
     seed: int,
     batch_size: int = 128,
+    num_classes: int = 10,
 ) -> Path:
     """Where the evaluator for exactly these arrays and settings is (or will be) cached."""
     if not _SAFE_NAME.match(dataset):
         raise ValueError(f"dataset name {dataset!r} must match {_SAFE_NAME.pattern}")
     digest = training_data_digest(images, labels)
-    return Path(cache_dir) / f"evaluator-{dataset}-{digest}-e{epochs}-b{batch_size}-s{seed}.pt"
+    classes = "" if num_classes == 10 else f"-k{num_classes}"
+    name = f"evaluator-{dataset}-{digest}-e{epochs}-b{batch_size}-s{seed}{classes}.pt"
+    return Path(cache_dir) / name
 
 
 def _atomic_save(state: dict, path: Path) -> None:
@@ -64,6 +66,7 @@ def load_or_train_evaluator(
     device: str,
     batch_size: int = 128,
     progress: bool = True,
+    num_classes: int = 10,
 ) -> nn.Module:
     """The DPDM CNN trained on the REAL training split, cached per data set, data and settings.
 
@@ -72,7 +75,9 @@ def load_or_train_evaluator(
     are for the custodian's eyes. Keep `seed` fixed across runs so every run is measured with the
     same ruler. Returns the model in eval mode, on `device`, with gradients off.
     """
-    train_images, train_labels = validate_image_set(train_images, train_labels, name="real train")
+    train_images, train_labels = validate_image_set(
+        train_images, train_labels, name="real train", num_classes=num_classes, shape=None
+    )
     path = evaluator_cache_path(
         dataset,
         train_images,
@@ -81,11 +86,12 @@ def load_or_train_evaluator(
         epochs=epochs,
         seed=seed,
         batch_size=batch_size,
+        num_classes=num_classes,
     )
     model = None
     if path.exists():
         try:
-            model = DPDMClassifier().to(device)
+            model = classifier_for(train_images.shape[1:], num_classes).to(device)
             model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         except Exception as err:  # any unreadable cache (truncated, other torch) is a miss
             warnings.warn(f"evaluator cache {path} unreadable ({err}); retraining", stacklevel=2)
@@ -99,6 +105,7 @@ def load_or_train_evaluator(
             seed=seed,
             device=device,
             progress=progress,
+            num_classes=num_classes,
         ).model
         _atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     model.eval()

@@ -239,17 +239,21 @@ def load_fid_inception(
 def inception_features(
     model: FIDInceptionV3, images: np.ndarray, device: str, batch_size: int = 50
 ) -> np.ndarray:
-    """2048-d pool3 features of uint8 grey (N, H, W) images, replicated to 3 channels."""
+    """2048-d pool3 features of uint8 grey (N, H, W) images, replicated to 3 channels, or of
+    RGB (N, 3, H, W) images as they are."""
     images = np.asarray(images)
-    if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
+    rgb = images.ndim == 4 and images.shape[1] == 3
+    if not (images.ndim == 3 or rgb) or images.dtype != np.uint8 or len(images) == 0:
         raise ValueError(
-            f"expected non-empty uint8 images (N, H, W), got {images.dtype} {images.shape}"
+            f"expected non-empty uint8 images (N, H, W) or (N, 3, H, W), got {images.dtype} "
+            f"{images.shape}"
         )
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.array(images[i : i + batch_size])).to(device)
-        x = (x.float() / 255.0).unsqueeze(1).expand(-1, 3, -1, -1)
+        x = x.float() / 255.0
+        x = x if rgb else x.unsqueeze(1).expand(-1, 3, -1, -1)
         out.append(model(x).double().cpu().numpy())
     return np.concatenate(out, axis=0)
 
@@ -263,7 +267,8 @@ def inception_fid(
     device: str,
     batch_size: int = 50,
 ) -> float:
-    """Inception FID between two uint8 grey image sets, comparable with pytorch-fid's figures."""
+    """Inception FID between two uint8 image sets (grey or RGB), comparable with pytorch-fid's
+    figures."""
     model = load_fid_inception(weights_path, expected_sha256, device)
     feats_a = inception_features(model, images_a, device, batch_size)
     feats_b = inception_features(model, images_b, device, batch_size)

@@ -14,7 +14,7 @@ from tdpdm.evaluate.evaluator import load_or_train_evaluator
 from tdpdm.evaluate.frechet import classifier_features, frechet_distance
 from tdpdm.evaluate.inception_fid import check_weights_file, inception_fid
 from tdpdm.evaluate.inception_score import inception_score
-from tdpdm.evaluate.training import predict_proba, validate_image_set
+from tdpdm.evaluate.training import DPDM_SHAPE, predict_proba, validate_image_set
 
 EVALUATOR_SEED = 0  # one fixed evaluator per data set, so runs with different seeds compare
 IS_SPLITS = 10
@@ -26,10 +26,12 @@ def _subsample(images: np.ndarray, max_samples: int, rng: np.random.Generator) -
     return images[np.sort(rng.choice(len(images), size=max_samples, replace=False))]
 
 
-def _pair(value: tuple | None, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _pair(
+    value: tuple | None, name: str, num_classes: int, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(value, tuple) or len(value) != 2:
         raise ValueError(f"{name} must be an (images, labels) tuple")
-    return validate_image_set(value[0], value[1], name=name)
+    return validate_image_set(value[0], value[1], name=name, num_classes=num_classes, shape=shape)
 
 
 def evaluate_synthetic(
@@ -49,6 +51,8 @@ def evaluate_synthetic(
     fd_max_samples: int = 10000,
     batch_size: int = 128,
     progress: bool = True,
+    num_classes: int = 10,
+    image_shape: tuple[int, ...] = DPDM_SHAPE,
 ) -> dict:
     """Downstream accuracy, Inception Score, classifier Frechet distance and (optionally) FID.
 
@@ -67,10 +71,15 @@ def evaluate_synthetic(
     batch of both CNNs (part of the evaluator's cache key).
     Both Frechet distances use at most `fd_max_samples` images per side (random, from `seed`).
     Without `real_train`, no evaluator exists: inception_score(_std) and classifier_fd are None.
+    `num_classes` and `image_shape` ((H, W) grey or (3, H, W)): the data's (public), DPDM's by
+    default; the CNNs follow them, and the Inception Score is then at most `num_classes`.
     """
-    synth_images, synth_labels = validate_image_set(synth_images, synth_labels, name="synthetic")
-    test_images, test_labels = _pair(real_test, "real_test")
-    train = None if real_train is None else _pair(real_train, "real_train")
+    shape = tuple(image_shape)
+    synth_images, synth_labels = validate_image_set(
+        synth_images, synth_labels, name="synthetic", num_classes=num_classes, shape=shape
+    )
+    test_images, test_labels = _pair(real_test, "real_test", num_classes, shape)
+    train = None if real_train is None else _pair(real_train, "real_train", num_classes, shape)
     if fd_max_samples < 2:
         raise ValueError(f"fd_max_samples must be >= 2, got {fd_max_samples}")
 
@@ -87,6 +96,7 @@ def evaluate_synthetic(
         device=device,
         batch_size=batch_size,
         progress=progress,
+        num_classes=num_classes,
     )
     rng = np.random.default_rng(seed)
     synth_fd = _subsample(synth_images, fd_max_samples, rng)
@@ -114,6 +124,7 @@ def evaluate_synthetic(
             device=device,
             batch_size=batch_size,
             progress=progress,
+            num_classes=num_classes,
         )
         probs = predict_proba(evaluator, synth_images, device)
         score, std = inception_score(probs, splits=min(IS_SPLITS, len(probs)), seed=seed)

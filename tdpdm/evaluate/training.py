@@ -14,6 +14,15 @@ from tqdm.auto import tqdm
 from tdpdm.models.classifier import IMAGE_SIZE, DPDMClassifier, to_model_input
 
 NUM_CLASSES = 10
+DPDM_SHAPE = (IMAGE_SIZE, IMAGE_SIZE)
+"""DPDM's own evaluation images: grey 28x28."""
+
+
+def _shape_ok(shape: tuple[int, ...]) -> bool:
+    """(S, S) grey or (C, S, S) with C 1 or 3, S >= 8 (the CNN pools three times)."""
+    if len(shape) == 3 and shape[0] not in (1, 3):
+        return False
+    return len(shape) in (2, 3) and shape[-1] == shape[-2] >= 8
 
 
 def validate_image_set(
@@ -22,15 +31,19 @@ def validate_image_set(
     *,
     name: str,
     num_classes: int = NUM_CLASSES,
+    shape: tuple[int, ...] | None = DPDM_SHAPE,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Check an (N, 28, 28) image set and return it as uint8 (plus int64 labels).
+    """Check an image set of per-image `shape` ((H, W) grey or (C, H, W); None: any square
+    grey (N, S, S) or (N, C, S, S), C 1 or 3) and return it as uint8 (plus int64 labels).
 
     Float images must be finite and in [0, 1]; they are quantised to uint8 exactly as a released
     image file would be, so synthetic and real data go through one code path.
     """
     images = np.asarray(images)
-    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"{name}: expected images of shape (N, 28, 28), got {images.shape}")
+    wanted = tuple(shape) if shape is not None else None
+    if not _shape_ok(images.shape[1:]) or wanted not in (None, images.shape[1:]):
+        expected = f"(N, {', '.join(map(str, wanted))})" if wanted else "(N, [C,] S, S)"
+        raise ValueError(f"{name}: expected images of shape {expected}, got {images.shape}")
     if images.shape[0] == 0:
         raise ValueError(f"{name}: image set is empty")
     if images.dtype != np.uint8:
@@ -58,6 +71,12 @@ def validate_image_set(
     return images, labels.astype(np.int64)
 
 
+def classifier_for(image_shape: tuple[int, ...], num_classes: int) -> DPDMClassifier:
+    """The DPDM CNN for images of per-image shape (S, S) or (C, S, S) (public: the data's)."""
+    channels = 1 if len(image_shape) == 2 else image_shape[0]
+    return DPDMClassifier(num_classes, in_channels=channels, image_size=image_shape[-1])
+
+
 @dataclass
 class TrainedClassifier:
     """A trained CNN (eval mode) plus the record needed to report how it was selected."""
@@ -80,6 +99,7 @@ def train_classifier(
     val_images: np.ndarray | None = None,
     val_labels: np.ndarray | None = None,
     progress: bool = True,
+    num_classes: int = NUM_CLASSES,
 ) -> TrainedClassifier:
     """Train the DPDM CNN with Adam; with a validation split, keep the best-validation epoch.
 
@@ -91,13 +111,21 @@ def train_classifier(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if (val_images is None) != (val_labels is None):
         raise ValueError("give both val_images and val_labels, or neither")
-    images, labels = validate_image_set(images, labels, name="train")
+    images, labels = validate_image_set(
+        images, labels, name="train", num_classes=num_classes, shape=None
+    )
     if val_images is not None:
-        val_images, val_labels = validate_image_set(val_images, val_labels, name="validation")
+        val_images, val_labels = validate_image_set(
+            val_images,
+            val_labels,
+            name="validation",
+            num_classes=num_classes,
+            shape=images.shape[1:],
+        )
 
     dev = torch.device(device)
     torch.manual_seed(seed)
-    model = DPDMClassifier(num_classes=NUM_CLASSES).to(dev)
+    model = classifier_for(images.shape[1:], num_classes).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     x_all = torch.tensor(images, device=dev)  # uint8 on the device: 4x smaller than float
@@ -161,7 +189,7 @@ def batched_outputs(
 def predict_proba(
     model: nn.Module, images: np.ndarray, device: str, batch_size: int = 512
 ) -> np.ndarray:
-    """Class probabilities (N, C) of `model` (put in eval mode) on uint8 (N, 28, 28) images."""
+    """Class probabilities (N, K) of `model` (put in eval mode) on uint8 images of its shape."""
     model.eval()
     return batched_outputs(lambda x: torch.softmax(model(x), dim=1), images, device, batch_size)
 

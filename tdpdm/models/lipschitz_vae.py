@@ -11,9 +11,12 @@ final weights by `lipschitz_bound`.
 The posterior q(z|x) = N(mu(x), s^2 I) has a *fixed* standard deviation s (a per-record s would
 make the noise data-dependent and void the Gaussian mechanism): s is the release noise, so the
 decoder learns to decode exactly the noisy latents the release publishes. Latents are handled on
-the scale w = (z - mu(c)) / 14, c the grey image 0.5: since [0, 1]^784 lies in the ball of radius
-14 around c, the clean part of w lies in the unit ball (a public, data-independent map), which is
-the range stage 2 expects; `decode` accepts w.
+the scale w = (z - mu(c)) / R, c the grey image 0.5 and R = sqrt(C H W) / 2 (14 for grey 28x28):
+since [0, 1]^(C H W) lies in the ball of radius R around c, the clean part of w lies in the unit
+ball (a public, data-independent map), which is the range stage 2 expects; `decode` accepts w.
+
+The input shape (`channels`, `image_size`) is public (the config's): the input set's diameter
+sqrt(C H W) and R follow from it alone (`input_diameter`), never from the data.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ INPUT_DIAMETER = math.sqrt(INPUT_DIM)
 """L2 diameter of the input set [0, 1]^784 (pixels / 255): sqrt(784) = 28."""
 LATENT_RADIUS = INPUT_DIAMETER / 2
 """Radius of [0, 1]^784 around its centre: with L <= 1, ||mu(x) - mu(c)|| <= 14."""
+
+
+def input_diameter(channels: int = 1, image_size: int = IMAGE_SIDE) -> float:
+    """L2 diameter of the input set [0, 1]^(channels x image_size^2): sqrt(C H W), from the
+    shape alone (28 for grey 28x28; about 55.4 for RGB 32x32)."""
+    if channels < 1 or image_size < 1:
+        raise ValueError(f"bad image shape: {channels} channels, side {image_size}")
+    return math.sqrt(channels * image_size * image_size)
 
 
 class MaxMin(nn.Module):
@@ -50,22 +61,33 @@ def _spectral_norm(w: torch.Tensor) -> float:
 
 
 class LipschitzVAE(nn.Module):
-    """Images in [0, 1]^(1x28x28) <-> latents w = (mu(x) + s * noise - mu(c)) / 14.
+    """Images in [0, 1]^(C x S x S) <-> latents w = (mu(x) + s * noise - mu(c)) / R,
+    R = sqrt(C S^2) / 2 (`latent_radius`; 14 for grey 28x28).
 
     `normalise=False` switches the spectral projection off (only for tests that show the bound
     check catches an unconstrained encoder); a model built that way must never release.
     """
 
     def __init__(
-        self, latent_dim: int = 8, hidden: int = 256, depth: int = 2, normalise: bool = True
+        self,
+        latent_dim: int = 8,
+        hidden: int = 256,
+        depth: int = 2,
+        normalise: bool = True,
+        *,
+        channels: int = 1,
+        image_size: int = IMAGE_SIDE,
     ) -> None:
         super().__init__()
         if hidden % 2:
             raise ValueError(f"hidden must be even for MaxMin pairs, got {hidden}")
         self.latent_dim, self.hidden, self.depth = latent_dim, hidden, depth
         self.normalise = normalise
+        self.channels, self.image_size = channels, image_size
+        self.input_diameter = input_diameter(channels, image_size)
+        self.latent_radius = self.input_diameter / 2
         layers: list[nn.Module] = [nn.Flatten()]
-        width = INPUT_DIM
+        width = channels * image_size * image_size
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), MaxMin()]
             width = hidden
@@ -76,13 +98,13 @@ class LipschitzVAE(nn.Module):
             nn.SiLU(),
             nn.Linear(hidden, hidden),
             nn.SiLU(),
-            nn.Linear(hidden, INPUT_DIM),
-            nn.Unflatten(1, (1, IMAGE_SIDE, IMAGE_SIDE)),
+            nn.Linear(hidden, channels * image_size * image_size),
+            nn.Unflatten(1, (channels, image_size, image_size)),
         )
         self.register_buffer("noise_std", torch.tensor(1.0))
         """s: the posterior (= release) noise standard deviation on the mu scale."""
         self.register_buffer("center", torch.zeros(latent_dim))
-        """mu(c) / 14, set at release (`set_center`); zero while training, where the decoder's
+        """mu(c) / R, set at release (`set_center`); zero while training, where the decoder's
         first bias absorbs the constant offset."""
         for layer in self.lipschitz_layers():
             # Orthogonal rows/columns: spectral norm exactly 1, so with MaxMin the encoder
@@ -126,12 +148,13 @@ class LipschitzVAE(nn.Module):
     @torch.no_grad()
     def set_center(self) -> None:
         """Fix the latent origin at mu(c), c the grey image (post-processing of the weights)."""
-        grey = torch.full((1, 1, IMAGE_SIDE, IMAGE_SIDE), 0.5, device=self.center.device)
-        self.center.copy_(self.mean(grey)[0] / LATENT_RADIUS)
+        shape = (1, self.channels, self.image_size, self.image_size)
+        grey = torch.full(shape, 0.5, device=self.center.device)
+        self.center.copy_(self.mean(grey)[0] / self.latent_radius)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The noiseless latent (never released as such: see stages/lipschitz_release.py)."""
-        return self.mean(x) / LATENT_RADIUS - self.center
+        return self.mean(x) / self.latent_radius - self.center
 
     def decode_logits(self, w: torch.Tensor) -> torch.Tensor:
         return self.decoder(w + self.center)
@@ -140,7 +163,7 @@ class LipschitzVAE(nn.Module):
         return torch.sigmoid(self.decode_logits(w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction logits from one posterior draw w = (mu(x) + s * noise) / 14 (the
+        """Reconstruction logits from one posterior draw w = (mu(x) + s * noise) / R (the
         centre is zero while training).
 
         In training mode the weights are first projected: the forward pass of step t follows
@@ -151,4 +174,4 @@ class LipschitzVAE(nn.Module):
         if self.training:
             self.project_weights()
         z = self.mean(x)
-        return self.decoder((z + self.noise_std * torch.randn_like(z)) / LATENT_RADIUS)
+        return self.decoder((z + self.noise_std * torch.randn_like(z)) / self.latent_radius)

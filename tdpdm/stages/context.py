@@ -81,6 +81,10 @@ class RunContext:
         # the mechanisms ran and spent budget on results that could not be saved.
         storage.resolve(cfg.out)
         source = _checked_source(cfg, source)
+        spec = get_spec(cfg.dataset) if source is None else source.describe()
+        cfg = with_data_shape(cfg, spec)
+        if cfg.data_test is not None or (source is not None and cfg.evaluation.enabled):
+            test_split(cfg, spec).describe()  # its structure checked before any charge
         if source is None:
             data_dir = ensure_dataset(
                 cfg.dataset, cfg.data_dir, download_if_missing=cfg.download, progress=cfg.progress
@@ -91,7 +95,7 @@ class RunContext:
         budget, budget_is_new = _budget_for(ledger, cfg, log)
         return cls(
             cfg=cfg,
-            spec=get_spec(cfg.dataset) if source is None else source.describe(),
+            spec=spec,
             source=source,
             job_id=cfg.job_id or f"{cfg.dataset}-{cfg.mode}-{uuid.uuid4().hex[:8]}",
             data_dir=data_dir,
@@ -190,7 +194,7 @@ def own_data(cfg: RunConfig) -> DataSource:
         classes=cfg.classes,
         channels=cfg.channels,
     )
-    _check_model_shape(source.describe(), storage.redact(cfg.data))
+    _check_model_shape(cfg, source.describe(), storage.redact(cfg.data))
     return source
 
 
@@ -238,17 +242,45 @@ def _checked_source(cfg: RunConfig, source: DataSource | None) -> DataSource | N
             f"the records handed in are data set {source.name!r} but the run names "
             f"{cfg.dataset!r}: the ledger charges one name"
         )
-    _check_model_shape(source.describe(), source.name)
+    _check_model_shape(cfg, source.describe(), source.name)
     return source
 
 
-def _check_model_shape(info: SourceInfo, where: str) -> None:
-    # TODO(issue 15): the stage-1 models take `channels`/`image_size` (util's autoencoder
-    # change); until they are wired from `ctx.spec`, only grey 28x28 images are trained on.
-    if (info.channels, info.image_size) != (1, 28):
+def test_split(cfg: RunConfig, spec: DatasetSpec | SourceInfo) -> DataSource:
+    """Your data's real test split (`cfg.data_test`), read like the training data: the same
+    classes (by name), channels and size. Only the custodian's opt-in evaluation reads it."""
+    if cfg.data_test is None:
+        raise DataError("evaluation on your own data needs its real test split: --data-test")
+    if not getattr(spec, "labelled", True):
         raise DataError(
-            f"{where}: {info.channels}-channel {info.image_size}x{info.image_size} images are "
-            "read, but the models take grey 28x28 for now (use --image-size 28 --channels 1)"
+            f"{cfg.dataset}: the data is unlabelled, so there is nothing to evaluate a classifier "
+            "on (the evaluation trains and tests class-conditional CNNs)"
+        )
+    return data_source(
+        cfg.data_test,
+        name=cfg.dataset,
+        image_size=spec.image_size,
+        classes=tuple(spec.class_names),
+        channels=spec.channels,
+    )
+
+
+def with_data_shape(cfg: RunConfig, spec: DatasetSpec | SourceInfo) -> RunConfig:
+    """`cfg` with the data's public shape (`channels`, `image_size`) filled in, so that every
+    model built from the run's config (and from its report's, by `tdpdm sample --from`) takes
+    the images the data set holds. Public: read from the data's description, not its pixels."""
+    if (cfg.channels, cfg.image_size) == (spec.channels, spec.image_size):
+        return cfg
+    return cfg.replace(channels=spec.channels, image_size=spec.image_size)
+
+
+def _check_model_shape(cfg: RunConfig, info: SourceInfo, where: str) -> None:
+    """Refuse, before any charge, a shape the configured stage-1 model cannot take."""
+    conv = cfg.stage1.mechanism == "dpsgd-autoencoder"
+    if conv and info.image_size % 4:
+        raise DataError(
+            f"{where}: images of side {info.image_size}: the autoencoder halves the side twice, "
+            "so it must be a multiple of 4 (set --image-size, e.g. 28 or 32)"
         )
 
 

@@ -12,15 +12,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdpdm.config import Stage1Config
+from tdpdm.config import RunConfig, Stage1Config
 from tdpdm.models.autoencoder import ConvAutoencoder, LatentAutoencoder, SpatialAutoencoder
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
 
 
+def model_shape(cfg: RunConfig) -> tuple[int, int]:
+    """(channels, image_size) the stage-1 models take: public, from the config alone (a run's
+    context resolves `channels` from the data's description before any model is built; a
+    built-in is grey)."""
+    return (cfg.channels or 1), cfg.image_size
+
+
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
+    """uint8 (N, H, W) grey or (N, C, H, W) -> float (N, C, H, W) in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    return x.unsqueeze(1) if x.ndim == 3 else x
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [0, 1] -> uint8 (N, H, W) grey or (N, C, H, W): the layout the
+    data sources give (`PrivateTrainingSet.open`)."""
+    pixels = x.clamp(0, 1).mul(255).round_().to(torch.uint8)
+    return (pixels.squeeze(1) if pixels.shape[1] == 1 else pixels).numpy()
 
 
 def reconstruction_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
@@ -47,10 +63,12 @@ def latent_size(cfg: Stage1Config, image_size: int = 28) -> int:
     return cfg.latent_dim
 
 
-def new_autoencoder(cfg: Stage1Config, seed: int) -> LatentAutoencoder:
+def new_autoencoder(
+    cfg: Stage1Config, seed: int, *, channels: int = 1, image_size: int = 28
+) -> LatentAutoencoder:
     """The initial weights from `seed`: the same on every Ray worker and in-process."""
     torch.manual_seed(seed)
-    return build_autoencoder(cfg)
+    return build_autoencoder(cfg, channels=channels, image_size=image_size)
 
 
 def train_autoencoder(
@@ -66,7 +84,8 @@ def train_autoencoder(
     on_step: StepCallback | None = None,
 ) -> LatentAutoencoder:
     """`seed`: the public initial weights; `key`: the DP-SGD segment's secret randomness."""
-    model = new_autoencoder(cfg, seed)
+    channels = 1 if images.ndim == 3 else images.shape[1]  # the public shape, not pixels
+    model = new_autoencoder(cfg, seed, channels=channels, image_size=images.shape[-1])
     train_dpsgd(
         model,
         [images_to_tensor(images)],
@@ -99,11 +118,11 @@ def encode(
 def decode(
     model: LatentAutoencoder, latents: np.ndarray, device: str, batch: int = 2048
 ) -> np.ndarray:
-    """Latents -> uint8 images (N, 28, 28). Pure post-processing of DP outputs."""
+    """Latents -> uint8 images, (N, H, W) grey or (N, C, H, W) colour, of the model's shape.
+    Pure post-processing of DP outputs."""
     model.eval().to(device)
     out = []
     for i in range(0, len(latents), batch):
         z = torch.from_numpy(np.ascontiguousarray(latents[i : i + batch])).float().to(device)
-        out.append(model.decode(z).squeeze(1).cpu())
-    pixels = torch.cat(out).clamp_(0, 1).mul_(255).round_()
-    return pixels.to(torch.uint8).numpy()
+        out.append(model.decode(z).cpu())
+    return tensor_to_images(torch.cat(out))

@@ -6,9 +6,10 @@ Privacy, exactly:
   (`train_dpsgd`, one Poisson-Gaussian event). No public data set exists here to train it on
   instead; with one, this event would disappear and the release alone would remain.
 - The trained encoder mean mu has Lipschitz constant <= L = prod ||W_i||_2 (exact, from the
-  final weights), and inputs lie in [0, 1]^784, of L2 diameter 28. The released vector of a
+  final weights), and inputs lie in [0, 1]^(C H W), of L2 diameter D = sqrt(C H W) (28 for grey
+  28x28), computed from the configured shape, never from the data. The released vector of a
   record is v(x, y) = [mu(x), b * onehot(y)] + N(0, s^2 I). Replacing one record changes v's
-  mean by at most Delta = sqrt((28 L)^2 + 2 b^2): a Gaussian mechanism of sensitivity Delta,
+  mean by at most Delta = sqrt((D L)^2 + 2 b^2): a Gaussian mechanism of sensitivity Delta,
   run once per record on disjoint records, i.e. one Gaussian mechanism on the data set under
   replace-one adjacency (the record count is public, as in `released` mode; add/remove does not
   apply to a per-record release).
@@ -17,7 +18,7 @@ Privacy, exactly:
   Delta / 2 and s = multiplier * Delta / 2: the ledger's `GaussianEvent(multiplier)` is accounted
   as a Gaussian mechanism with sensitivity/std ratio Delta / s = 2 / multiplier.
 - The label length b is fixed from `release.label_scale` (lambda, the label's share of the
-  design sensitivity): b = lambda / sqrt(1 - lambda^2) * 28 / sqrt(2), so that at L = 1 the label
+  design sensitivity): b = lambda / sqrt(1 - lambda^2) * D / sqrt(2), so that at L = 1 the label
   takes lambda^2 of Delta^2.
 - The numerical check reads the private records (pairs of them, and the encoder's Jacobian at
   them) only to verify an already proven bound; when the bound holds its outcome is always
@@ -36,12 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdpdm.config import RunConfig
-from tdpdm.models.lipschitz_vae import INPUT_DIAMETER, LATENT_RADIUS, LipschitzVAE
+from tdpdm.models.lipschitz_vae import INPUT_DIAMETER, LipschitzVAE, input_diameter
 from tdpdm.privacy.events import GaussianEvent
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
-from tdpdm.stages.encode import images_to_tensor
+from tdpdm.stages.encode import images_to_tensor, model_shape
 
 DESIGN_BOUND = 1.0
 """The Lipschitz bound the release noise is planned for: every encoder layer in the unit
@@ -54,20 +55,31 @@ class LipschitzCheckError(RuntimeError):
     """The encoder's Lipschitz bound does not hold (a bug): nothing may be released."""
 
 
-def label_length(label_scale: float) -> float:
-    """b: the length of the scaled one-hot label inside the release."""
-    return label_scale / math.sqrt(1.0 - label_scale**2) * INPUT_DIAMETER / math.sqrt(2.0)
+def label_length(label_scale: float, diameter: float = INPUT_DIAMETER) -> float:
+    """b: the length of the scaled one-hot label inside the release (`diameter`: the input
+    set's, `input_diameter(channels, image_size)`; default grey 28x28)."""
+    return label_scale / math.sqrt(1.0 - label_scale**2) * diameter / math.sqrt(2.0)
 
 
-def release_sensitivity(lipschitz: float, label_scale: float) -> float:
-    """Delta = sqrt((L * 28)^2 + 2 b^2): the largest L2 change of [mu(x), b onehot(y)] when one
-    record (image and label) is replaced by any other."""
-    return math.sqrt((lipschitz * INPUT_DIAMETER) ** 2 + 2.0 * label_length(label_scale) ** 2)
+def release_sensitivity(
+    lipschitz: float, label_scale: float, diameter: float = INPUT_DIAMETER
+) -> float:
+    """Delta = sqrt((L * D)^2 + 2 b^2): the largest L2 change of [mu(x), b onehot(y)] when one
+    record (image and label) is replaced by any other; D = sqrt(C H W) from the shape."""
+    b = label_length(label_scale, diameter)
+    return math.sqrt((lipschitz * diameter) ** 2 + 2.0 * b**2)
 
 
-def release_std(event: GaussianEvent, lipschitz: float, label_scale: float) -> float:
+def release_std(
+    event: GaussianEvent, lipschitz: float, label_scale: float, diameter: float = INPUT_DIAMETER
+) -> float:
     """s = multiplier * Delta / 2 (the project's noise-multiplier convention, see the module)."""
-    return event.noise_multiplier * release_sensitivity(lipschitz, label_scale) / 2.0
+    return event.noise_multiplier * release_sensitivity(lipschitz, label_scale, diameter) / 2.0
+
+
+def config_diameter(cfg: RunConfig) -> float:
+    """The input set's diameter for the configured (public) image shape."""
+    return input_diameter(*model_shape(cfg))
 
 
 @dataclass(frozen=True)
@@ -186,8 +198,13 @@ def train_lipschitz_vae(
     """DP-SGD training of the VAE in this process, the exact spectral projection before every
     step's forward pass (see `LipschitzVAE.forward`) and after the last one."""
     torch.manual_seed(cfg.seed)
+    channels, image_size = model_shape(cfg)
     model = make_vae(
-        cfg.stage1.latent_dim, cfg.stage1.vae_hidden, training_noise_std(cfg, release_event)
+        cfg.stage1.latent_dim,
+        cfg.stage1.vae_hidden,
+        training_noise_std(cfg, release_event),
+        channels=channels,
+        image_size=image_size,
     )
     train_dpsgd(
         model,
@@ -208,19 +225,29 @@ def train_lipschitz_vae(
 
 
 def new_lipschitz_vae(cfg: RunConfig) -> LipschitzVAE:
-    return LipschitzVAE(latent_dim=cfg.stage1.latent_dim, hidden=cfg.stage1.vae_hidden)
+    channels, image_size = model_shape(cfg)
+    return LipschitzVAE(
+        latent_dim=cfg.stage1.latent_dim,
+        hidden=cfg.stage1.vae_hidden,
+        channels=channels,
+        image_size=image_size,
+    )
 
 
 def training_noise_std(cfg: RunConfig, release_event: GaussianEvent) -> float:
     """The posterior std while training: the release noise at the design bound, so that the
     decoder learns to decode the latents the release will publish."""
-    return release_std(release_event, DESIGN_BOUND, cfg.release.label_scale)
+    return release_std(release_event, DESIGN_BOUND, cfg.release.label_scale, config_diameter(cfg))
 
 
-def make_vae(latent_dim: int, hidden: int, noise_std: float) -> LipschitzVAE:
+def make_vae(
+    latent_dim: int, hidden: int, noise_std: float, *, channels: int = 1, image_size: int = 28
+) -> LipschitzVAE:
     """A fresh VAE with its posterior std set (module level: a picklable model factory for
     Ray Train workers via functools.partial)."""
-    model = LipschitzVAE(latent_dim=latent_dim, hidden=hidden)
+    model = LipschitzVAE(
+        latent_dim=latent_dim, hidden=hidden, channels=channels, image_size=image_size
+    )
     model.noise_std.fill_(noise_std)
     return model
 
@@ -233,7 +260,7 @@ def release_noise(key: MechanismKey, shape: tuple[int, int], std: float) -> np.n
 @dataclass(frozen=True)
 class LipschitzRelease:
     latents: np.ndarray
-    """(N, latent_dim) released latents w = (mu(x) + s noise - mu(c)) / 14 (model's scale)."""
+    """(N, latent_dim) released latents w = (mu(x) + s noise - mu(c)) / R (model's scale)."""
     labels: np.ndarray
     """(N,) labels decoded (arg-max) from the released noisy one-hot part."""
     label_vectors: np.ndarray
@@ -243,16 +270,18 @@ class LipschitzRelease:
     noise_std: float
     label_length: float
     check: LipschitzCheck
+    input_diameter: float = INPUT_DIAMETER
+    """sqrt(C H W) of the model's (public) input shape."""
 
     def info(self) -> dict[str, object]:
         return {
             "kind": "dp_release",
             "mechanism": "lipschitz-vae",
             "lipschitz_bound": self.lipschitz_bound,
-            "input_diameter": INPUT_DIAMETER,
+            "input_diameter": self.input_diameter,
             "sensitivity": self.sensitivity,
             "noise_std": self.noise_std,
-            "noise_std_per_coordinate": self.noise_std / LATENT_RADIUS,
+            "noise_std_per_coordinate": self.noise_std / (self.input_diameter / 2),
             "label_noise_std_per_coordinate": self.noise_std / self.label_length,
             "lipschitz_check": self.check.as_dict(),
         }
@@ -291,12 +320,16 @@ def release(
             f"encoder Lipschitz bound {bound:.6g} exceeds the design bound {DESIGN_BOUND} "
             "(spectral projection off or broken); nothing is released"
         )
-    check = check_lipschitz(model.encoder_mean, images_to_tensor(images), bound, seed=seed)
-    sensitivity = release_sensitivity(bound, label_scale)
-    std = release_std(event, bound, label_scale)
+    x = images_to_tensor(images)
+    if x.shape[1:] != (model.channels, model.image_size, model.image_size):
+        raise ValueError(f"images of shape {tuple(x.shape[1:])} for a model of another shape")
+    check = check_lipschitz(model.encoder_mean, x, bound, seed=seed)
+    diameter = model.input_diameter  # from the model's configured shape, never the data
+    sensitivity = release_sensitivity(bound, label_scale, diameter)
+    std = release_std(event, bound, label_scale, diameter)
     mu = _means(model, images)
     onehot = np.zeros((len(labels), num_classes))
-    onehot[np.arange(len(labels)), labels] = label_length(label_scale)
+    onehot[np.arange(len(labels)), labels] = label_length(label_scale, diameter)
     noise = release_noise(key, (len(mu), mu.shape[1] + num_classes), std)
     released_mu = mu + noise[:, : mu.shape[1]]
     released_label = onehot + noise[:, mu.shape[1] :]
@@ -305,9 +338,9 @@ def release(
     model.noise_std.fill_(std)
     model.set_center()
     center = model.center.double().numpy()
-    b = label_length(label_scale)
+    b = label_length(label_scale, diameter)
     return LipschitzRelease(
-        latents=(released_mu / LATENT_RADIUS - center).astype(np.float32),
+        latents=(released_mu / model.latent_radius - center).astype(np.float32),
         labels=released_label.argmax(axis=1).astype(np.int64),
         label_vectors=(released_label / b).astype(np.float32),
         lipschitz_bound=bound,
@@ -315,4 +348,5 @@ def release(
         noise_std=std,
         label_length=b,
         check=check,
+        input_diameter=diameter,
     )

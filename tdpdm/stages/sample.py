@@ -31,7 +31,7 @@ def generate(
     batch: int = 2000,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (n, 28, 28), labels int64 (n,)) from a diffusion denoiser or, in
+    """(images uint8 (n, H, W) grey or (n, C, H, W), labels int64 (n,)) from a denoiser or, in
     `released` mode, a deconvolved mixture."""
     labels = balanced_labels(n, num_classes, seed)
     generator = torch.Generator(device=device).manual_seed(seed)

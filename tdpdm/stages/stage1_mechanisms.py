@@ -32,6 +32,7 @@ from tdpdm.stages.encode import (
     build_autoencoder,
     encode,
     images_to_tensor,
+    model_shape,
     new_autoencoder,
     reconstruction_loss,
 )
@@ -93,10 +94,14 @@ class DPSGDAutoencoder:
     loss_fn = staticmethod(reconstruction_loss)
 
     def factory(self, cfg: RunConfig, plan: PrivacyPlan) -> ModelFactory:
-        return functools.partial(new_autoencoder, cfg.stage1, cfg.seed)
+        channels, image_size = model_shape(cfg)
+        return functools.partial(
+            new_autoencoder, cfg.stage1, cfg.seed, channels=channels, image_size=image_size
+        )
 
     def blank(self, cfg: RunConfig) -> nn.Module:
-        return build_autoencoder(cfg.stage1)
+        channels, image_size = model_shape(cfg)
+        return build_autoencoder(cfg.stage1, channels=channels, image_size=image_size)
 
     def produce(self, ctx, model, images, labels, plan, session) -> Stage1Output:
         latents = encode(model, images, ctx.cfg.device)
@@ -123,8 +128,14 @@ class LipschitzVAEMechanism:
 
     def factory(self, cfg: RunConfig, plan: PrivacyPlan) -> ModelFactory:
         noise_std = lipschitz.training_noise_std(cfg, plan.release_event())
+        channels, image_size = model_shape(cfg)
         return functools.partial(
-            lipschitz.make_vae, cfg.stage1.latent_dim, cfg.stage1.vae_hidden, noise_std
+            lipschitz.make_vae,
+            cfg.stage1.latent_dim,
+            cfg.stage1.vae_hidden,
+            noise_std,
+            channels=channels,
+            image_size=image_size,
         )
 
     def blank(self, cfg: RunConfig) -> nn.Module:

@@ -1,7 +1,8 @@
 """The synthetic data set as Parquet that Hugging Face `datasets` reads as an Image feature.
 
-Columns: `image` (struct of PNG `bytes` and `path`, the layout of `datasets.Image`) and
-`label` (int64, a `ClassLabel`). The schema carries the `huggingface` features metadata, so
+Columns: `image` (struct of PNG `bytes` and `path`, the layout of `datasets.Image`: grey PNGs
+for (N, H, W) images, RGB PNGs for (N, 3, H, W)) and `label` (int64, a `ClassLabel` with the
+data set's class names). The schema carries the `huggingface` features metadata, so
 `load_dataset("parquet", ...)` reports `Image()`, and a `tdpdm` key with the guarantee.
 """
 
@@ -24,8 +25,13 @@ IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 def png_bytes(image: np.ndarray) -> bytes:
+    """One uint8 image, (H, W) grey or (3, H, W) channels first, as PNG bytes."""
+    if image.ndim == 3:
+        pil = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)), mode="RGB")
+    else:
+        pil = Image.fromarray(image, mode="L")
     buf = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buf, format="PNG", optimize=True)
+    pil.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -54,7 +60,8 @@ def synthetic_table(
 ) -> pa.Table:
     """The synthetic records as the Arrow table `write_synthetic` writes, its schema metadata
     included (`datasets.Dataset(table)` reads the features from it)."""
-    if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels):
+    rgb = images.ndim == 4 and images.shape[1] == 3
+    if images.dtype != np.uint8 or not (images.ndim == 3 or rgb) or len(images) != len(labels):
         raise ValueError(f"bad synthetic arrays: images {images.shape} {images.dtype}")
     pngs = [png_bytes(img) for img in images]
     table = pa.table(
@@ -82,7 +89,8 @@ def _metadata(
 
 
 def read_synthetic(uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(images uint8, labels int64, tdpdm metadata) from a synthetic Parquet file."""
+    """(images uint8 (N, H, W) grey or (N, 3, H, W) colour, labels int64, tdpdm metadata) from
+    a synthetic Parquet file."""
     source = storage.redact(uri)
     table = read_table(uri)
     for column in ("image", "label"):
@@ -131,7 +139,9 @@ def _decode(blob: bytes | None, source: str, row: int) -> np.ndarray:
         with Image.open(io.BytesIO(blob)) as im:
             if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{im.size[0]}x{im.size[1]} pixels, over {MAX_IMAGE_PIXELS}")
-            return np.asarray(im.convert("L"))
+            if im.mode in ("L", "1", "I", "I;16", "LA"):
+                return np.asarray(im.convert("L"))
+            return np.asarray(im.convert("RGB")).transpose(2, 0, 1)
     except Exception as err:
         raise DataError(f"{source}: row {row} is not a readable image ({err})") from None
 

@@ -187,7 +187,7 @@ def test_hostile_folder_is_refused_before_any_charge(
     assert not ledger.exists() and not out.exists()
 
 
-def test_rgb_or_other_sizes_are_refused_clearly_until_the_models_take_them(
+def test_a_side_the_autoencoder_cannot_take_is_refused_before_any_charge(
     tmp_path: Path, fashion_pngs: Path, capsys
 ) -> None:
     ledger = tmp_path / "ledger.json"
@@ -197,7 +197,7 @@ def test_rgb_or_other_sizes_are_refused_clearly_until_the_models_take_them(
             "--data",
             str(fashion_pngs),
             "--image-size",
-            "32",
+            "30",
             "--ledger",
             str(ledger),
             "--out",
@@ -206,5 +206,5 @@ def test_rgb_or_other_sizes_are_refused_clearly_until_the_models_take_them(
         ]
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "grey 28x28 for now" in err[0], err
-    assert not ledger.exists()
+    assert code == 2 and len(err) == 1 and "must be a multiple of 4" in err[0], err
+    assert not ledger.exists() and not (tmp_path / "out").exists()

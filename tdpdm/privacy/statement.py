@@ -31,8 +31,9 @@ def covered_outputs(mode: str, mechanism: str) -> list[str]:
             "the released latents and labels (release/latents/latents.parquet): one Gaussian "
             "release per record of [mu(x), scaled one-hot label], mu the encoder mean with a "
             "proven Lipschitz bound L (exact product of its layers' spectral norms, checked on "
-            "data; only pass/fail of the check is published), sensitivity sqrt((28 L)^2 + 2 b^2) "
-            "for pixels in [0, 1]^784",
+            "data; only pass/fail of the check is published), sensitivity sqrt((D L)^2 + 2 b^2) "
+            "with D = sqrt(C*H*W) the diameter of the pixel cube [0, 1]^(C*H*W), from the image "
+            "shape alone (the latents section gives D as input_diameter)",
         ]
     return covered
 

@@ -33,6 +33,8 @@ from tdpdm.stages.context import RunContext
 from tdpdm.stages.deconvolve import LatentMixture
 
 MOMENTS_STAGE = "latent_moments"
+MOMENTS_CHUNK = 2048
+"""Records per chunk when summing the moment table (bounds the memory, not the result)."""
 VARIANCE_FLOOR = 1e-3
 """Smallest variance (eigenvalue) kept: noisy moments can imply negative ones."""
 
@@ -71,9 +73,13 @@ def release_moments(
     key: MechanismKey,
 ) -> np.ndarray:
     """The noisy (classes, p) table of summed moment vectors; the event is recorded once."""
-    features = moment_features(z, covariance)
-    table = np.zeros((num_classes, features.shape[1]))
-    np.add.at(table, np.asarray(labels, dtype=np.int64), features)
+    labels = np.asarray(labels, dtype=np.int64)
+    table = np.zeros((num_classes, moment_features(z[:1], covariance).shape[1]))
+    # In chunks: the full model's features are d(d+1)/2 wide (4,851 for d = 98), and all 60k
+    # records at once took over 10 GB of temporaries (a MemoryError on the 23 GB CI machine).
+    for i in range(0, len(z), MOMENTS_CHUNK):
+        onehot = np.eye(num_classes)[labels[i : i + MOMENTS_CHUNK]]  # (chunk, classes)
+        table += onehot.T @ moment_features(z[i : i + MOMENTS_CHUNK], covariance)
     noisy = table + key.numpy().normal(0.0, plan.noise_multiplier, size=table.shape)
     session.record(plan.events()[0])
     return noisy

@@ -23,6 +23,7 @@ FIELDS = [
     "classifier_fd",
     "fid",
     "wall_time_s",
+    "pipeline_time_s",
     "hardware",
     "commit",
     "variant",
@@ -54,6 +55,10 @@ def _report(mode: str, device: str, device_name: str) -> dict:
         "n_records": 60000,
         "seed": 2,
         "wall_time_s": 812.4,
+        "stages": [
+            {"name": "stage1", "wall_time_s": 600.0},
+            {"name": "evaluate", "wall_time_s": 200.0},
+        ],
         "hardware": {"device": device, "device_name": device_name, "cpu_count": 16},
         "privacy": {
             "epsilon": 9.99,
@@ -78,6 +83,7 @@ def test_row_has_the_protocol_fields_and_the_gpu_name() -> None:
     assert set(FIELDS) <= set(row)
     assert row["hardware"] == "NVIDIA H100 80GB HBM3"
     assert row["accuracy"] == 0.91 and row["fid"] is None and row["seed"] == 2
+    assert row["pipeline_time_s"] == pytest.approx(612.4)  # the evaluation's 200 s left out
     assert row["variant"] == "deconvolution"
     assert "deconvolved mixture (2/class)" in row["notes"] and "a note" in row["notes"]
     line = utility.markdown_row(row)

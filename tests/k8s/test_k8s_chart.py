@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from k8s_support import CHART, NAMESPACE, VALUE_SETS, Doc, run_helm, values_file
 
 
@@ -172,3 +173,51 @@ def test_notes_render_for_every_set(value_set: str) -> None:
     )
     assert "tdpdm budget show --ledger" in proc.stdout
     assert "KubeRay operator" in proc.stdout
+
+
+def test_rayjob_takes_your_own_data(tmp_path) -> None:
+    """`pipeline.data` and its options become `tdpdm run` flags that tdpdm's own parser and
+    config accept, and the built-in's `--dataset`/`--data-dir` are then not passed."""
+    import shlex
+
+    from tdpdm.cli import _overrides, build_parser
+    from tdpdm.config import load_config
+
+    own = {
+        "pipeline.data": "s3://hospital/xrays/",
+        "pipeline.dataName": "xrays",
+        "pipeline.imageSize": "64",
+        "pipeline.channels": "3",
+        "pipeline.classes": "{normal,pneumonia}",
+        "pipeline.dataTest": "s3://hospital/xrays-test/",
+        "pipeline.privacyUnit": "patient_id",
+        "pipeline.recordsPerUnit": "3",
+        "pipeline.mode": "private",
+    }
+    sets = [arg for key, value in own.items() for arg in ("--set", f"{key}={value}")]
+    text = run_helm(
+        "template", "tdpdm", str(CHART), "--namespace", NAMESPACE,
+        "-f", str(values_file("rayjob")), *sets,
+    ).stdout
+    entrypoint = one([d for d in yaml.safe_load_all(text) if d], "RayJob")["spec"]["entrypoint"]
+    argv = shlex.split(entrypoint)
+    assert argv[:2] == ["tdpdm", "run"] and "--dataset" not in argv and "--data-dir" not in argv
+    args = build_parser().parse_args(argv[1:])
+    overrides = _overrides(args)
+    overrides.pop("config", None)
+    cfg = load_config(None, overrides)
+    assert (cfg.data, cfg.dataset, cfg.image_size, cfg.channels) == (
+        "s3://hospital/xrays/", "xrays", 64, 3
+    )
+    assert cfg.classes == ("normal", "pneumonia") and cfg.data_test == "s3://hospital/xrays-test/"
+    assert (cfg.privacy_unit, cfg.records_per_unit) == ("patient_id", 3)
+
+
+def test_own_data_values_are_refused_by_the_schema_when_unsafe() -> None:
+    bad = run_helm(
+        "template", "tdpdm", str(CHART), "--set", "pipeline.data=s3://x/a;rm -rf",
+        check=False,
+    )
+    assert bad.returncode != 0 and "pipeline" in bad.stderr and "data" in bad.stderr
+    odd = run_helm("template", "tdpdm", str(CHART), "--set", "pipeline.imageSize=30", check=False)
+    assert odd.returncode != 0 and "imageSize" in odd.stderr

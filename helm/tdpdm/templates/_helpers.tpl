@@ -405,7 +405,30 @@ workerGroupSpecs:
 {{- else if $p.config -}}
 {{- $args = concat $args (list "--config" (squote $p.config)) -}}
 {{- end -}}
+{{- if $p.data -}}
+{{- $args = concat $args (list "--data" (squote $p.data)) -}}
+{{- if $p.dataName -}}
+{{- $args = concat $args (list "--set" (squote (printf "dataset=%s" $p.dataName))) -}}
+{{- end -}}
+{{- if gt (int $p.imageSize) 0 -}}
+{{- $args = concat $args (list "--image-size" (toString (int $p.imageSize))) -}}
+{{- end -}}
+{{- if gt (int $p.channels) 0 -}}
+{{- $args = concat $args (list "--channels" (toString (int $p.channels))) -}}
+{{- end -}}
+{{- if $p.classes -}}
+{{- $args = concat $args (list "--classes" (squote (join "," $p.classes))) -}}
+{{- end -}}
+{{- if $p.dataTest -}}
+{{- $args = concat $args (list "--data-test" (squote $p.dataTest)) -}}
+{{- end -}}
+{{- if $p.privacyUnit -}}
+{{- $args = concat $args (list "--privacy-unit" (squote $p.privacyUnit)) -}}
+{{- $args = concat $args (list "--records-per-unit" (toString (int $p.recordsPerUnit))) -}}
+{{- end -}}
+{{- else -}}
 {{- $args = concat $args (list "--dataset" (squote $p.dataset) "--data-dir" (squote $p.dataDir)) -}}
+{{- end -}}
 {{- $args = concat $args (list "--epsilon" (toString $p.epsilon) "--delta" (toString $p.delta)) -}}
 {{- $args = concat $args (list "--mode" $p.mode) -}}
 {{- if gt (int $p.subset) 0 -}}

@@ -8,11 +8,11 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tdpdm import __version__
-from tdpdm.choices import ADJACENCIES, DATASETS, MODES, STAGE1_MECHANISMS
+from tdpdm.choices import ADJACENCIES, DATASETS
 from tdpdm.report.text import epsilon_text
+from tdpdm.run_flags import FlagError, add_run_flags, run_overrides
 
 EXIT_USER_ERROR = 2
 EXIT_REFUSED = 3
@@ -20,134 +20,6 @@ EXIT_INTERNAL = 1
 EXIT_AUDIT_REFUTED = 4
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (flags override it)")
-    p.add_argument("--dataset", choices=DATASETS)
-    p.add_argument("--data-dir", dest="data_dir", help="folder or URI with the IDX files")
-    p.add_argument(
-        "--data",
-        help="your own images instead of a built-in: a class-folder tree, a .parquet (Hugging "
-        "Face layout) or a .npz, local or s3://; its ledger name comes from the path (or "
-        "--set dataset=NAME)",
-    )
-    p.add_argument(
-        "--data-test",
-        dest="data_test",
-        help="--data: a real test split of your images (same kinds), read only by --evaluate "
-        "(custodian-only metrics)",
-    )
-    p.add_argument("--image-size", dest="image_size", type=int, help="--data: side in pixels")
-    p.add_argument(
-        "--classes",
-        help="--data: the class names, comma-separated, declared public (default: the folder "
-        "or ClassLabel names)",
-    )
-    p.add_argument("--channels", type=int, choices=(1, 3), help="--data: 1 grey or 3 RGB")
-    p.add_argument("--privacy-unit", help="--data: column or .npz array of each record's unit")
-    p.add_argument("--records-per-unit", type=int, help="records kept per unit (default 1)")
-    p.add_argument(
-        "--download",
-        action="store_true",
-        default=None,
-        help="download the data set from its mirrors if missing (sha256-checked)",
-    )
-    p.add_argument("--epsilon", type=float, help="target epsilon of this run")
-    p.add_argument("--delta", type=float)
-    p.add_argument("--mode", choices=MODES)
-    p.add_argument(
-        "--stage1-mechanism",
-        dest="stage1.mechanism",
-        choices=STAGE1_MECHANISMS,
-        help="stage-1 privacy mechanism (lipschitz-vae needs --mode released)",
-    )
-    p.add_argument(
-        "--subset",
-        help="expected number of training records: each record is kept independently with "
-        "probability subset/N by a secret draw; or 'all'",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        help="public seed: initial weights and the synthetic sampler only; DP noise and sampling "
-        "always come from fresh OS entropy, so two runs with the same seed differ",
-    )
-    p.add_argument("--device", help="cpu, cuda or cuda:N")
-    p.add_argument("--ledger", help="privacy ledger path")
-    p.add_argument("--out", help="output folder or URI")
-    p.add_argument("--job-id", dest="job_id", help="ledger job id (reuse it to resume)")
-    p.add_argument("--cache-dir", dest="cache_dir")
-    p.add_argument(
-        "--metrics-port",
-        dest="metrics_port",
-        type=int,
-        help="serve Prometheus metrics on this port while running",
-    )
-    p.add_argument(
-        "--metrics-linger-s",
-        dest="metrics_linger_s",
-        type=float,
-        default=0.0,
-        help="keep serving metrics this many seconds after the run ends, so that "
-        "Prometheus scrapes the final figures of a short batch job",
-    )
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    p.add_argument(
-        "--evaluate",
-        dest="evaluation.enabled",
-        action="store_true",
-        default=None,
-        help="custodian opt-in: score the synthetic data against the real train/test splits "
-        "(unnoised; written to the custodian part only)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any config key, e.g. --set stage2.epochs=30 (repeatable)",
-    )
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = (
-        "dataset",
-        "data_dir",
-        "data",
-        "data_test",
-        "image_size",
-        "channels",
-        "privacy_unit",
-        "records_per_unit",
-        "download",
-        "epsilon",
-        "delta",
-        "mode",
-        "stage1.mechanism",
-        "seed",
-        "device",
-        "ledger",
-        "out",
-        "job_id",
-        "cache_dir",
-        "metrics_port",
-        "progress",
-        "evaluation.enabled",
-    )
-    out: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    if getattr(args, "classes", None) is not None:
-        out["classes"] = [c.strip() for c in str(args.classes).split(",")]
-    if getattr(args, "subset", None) is not None:
-        out["subset"] = None if str(args.subset).lower() in ("all", "none", "0") else args.subset
-    for item in getattr(args, "set", []) or []:
-        if "=" not in item:
-            raise _UserError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = None if value.strip().lower() in ("null", "none") else value.strip()
-    return out
-
-
-class _UserError(ValueError):
-    pass
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -155,7 +27,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from tdpdm.config import load_config
     from tdpdm.pipeline import describe
 
-    cfg = load_config(args.config, _overrides(args))
+    cfg = load_config(args.config, run_overrides(args))
     _maybe_serve_metrics(cfg.metrics_port)
     try:
         result = Synthesizer.from_config(cfg, log=_log).fit().result
@@ -215,7 +87,7 @@ def _cmd_budget(args: argparse.Namespace) -> int:
     ledger = Ledger(args.ledger)
     if args.action == "set":
         if args.epsilon is None or args.delta is None:
-            raise _UserError("budget set needs --epsilon and --delta")
+            raise FlagError("budget set needs --epsilon and --delta")
         budget = ledger.set_budget(args.dataset, args.epsilon, args.delta, args.adjacency)
         print(f"{args.dataset}: budget set to {budget.describe()} in {ledger.store.location}")
         return 0
@@ -300,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="the whole pipeline: encode, diffuse, sample, report")
-    _add_run_flags(run)
+    add_run_flags(run)
     run.set_defaults(func=_cmd_run)
 
     for name, helptext in (
@@ -308,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("diffuse", "stage 2 only: diffusion on latents from `encode`, sampling and report"),
     ):
         p = sub.add_parser(name, help=helptext)
-        _add_run_flags(p)
+        add_run_flags(p)
         if name == "diffuse":
             p.add_argument(
                 "--from",
@@ -359,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="empirical privacy audit: one charged run with canaries, epsilon lower bound "
         f"(exit {EXIT_AUDIT_REFUTED} if it exceeds the claimed epsilon)",
     )
-    _add_run_flags(audit)
+    add_run_flags(audit)
     audit.add_argument("--canaries", type=int, default=1000, help="number of canaries m")
     audit.add_argument("--confidence", type=float, default=0.95)
     audit.add_argument("--scorer", help="membership attack (default: the mode's own)")
@@ -371,7 +243,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from tdpdm.audit.run import run_audit
     from tdpdm.config import load_config
 
-    cfg = load_config(args.config, _overrides(args))
+    cfg = load_config(args.config, run_overrides(args))
     _maybe_serve_metrics(cfg.metrics_port)
     try:
         result = run_audit(
@@ -399,7 +271,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from tdpdm.config import load_config
     from tdpdm.pipeline import describe, run_diffuse_stage, run_encode_stage
 
-    cfg = load_config(args.config, _overrides(args))
+    cfg = load_config(args.config, run_overrides(args))
     _maybe_serve_metrics(cfg.metrics_port)
     if args.stage == "encode":
         info = run_encode_stage(cfg, log=_log)

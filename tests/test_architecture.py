@@ -28,6 +28,7 @@ FLOORS = {
     "distributed": 3,
     "audit": 4,
     "cli": 4,
+    "run_flags": 4,
     "api": 4,
 }
 MAX_LINES = 450

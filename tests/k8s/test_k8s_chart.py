@@ -180,8 +180,9 @@ def test_rayjob_takes_your_own_data(tmp_path) -> None:
     config accept, and the built-in's `--dataset`/`--data-dir` are then not passed."""
     import shlex
 
-    from tdpdm.cli import _overrides, build_parser
+    from tdpdm.cli import build_parser
     from tdpdm.config import load_config
+    from tdpdm.run_flags import run_overrides
 
     own = {
         "pipeline.data": "s3://hospital/xrays/",
@@ -203,7 +204,7 @@ def test_rayjob_takes_your_own_data(tmp_path) -> None:
     argv = shlex.split(entrypoint)
     assert argv[:2] == ["tdpdm", "run"] and "--dataset" not in argv and "--data-dir" not in argv
     args = build_parser().parse_args(argv[1:])
-    overrides = _overrides(args)
+    overrides = run_overrides(args)
     overrides.pop("config", None)
     cfg = load_config(None, overrides)
     assert (cfg.data, cfg.dataset, cfg.image_size, cfg.channels) == (

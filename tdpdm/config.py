@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -21,7 +20,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -39,11 +37,8 @@ from tdpdm.choices import (  # noqa: F401 (the config's names)
     ReleasedModel,
     Stage1Mechanism,
 )
+from tdpdm.config_errors import ConfigError, short, validated
 from tdpdm.data.selection import default_name, selection_problem
-
-
-class ConfigError(ValueError):
-    """A configuration value or file is invalid."""
 
 
 def _no_bool(value: Any) -> Any:
@@ -72,7 +67,7 @@ def _positive_finite(value: float) -> float:
 def _device(value: str) -> str:
     if value in ("cpu", "cuda") or value.startswith("cuda:"):
         return value
-    raise ValueError(f"must be cpu or cuda, got {_short(value)}")
+    raise ValueError(f"must be cpu or cuda, got {short(value)}")
 
 
 # Constraints before the BeforeValidator, so that they stay in the JSON Schema.
@@ -108,7 +103,7 @@ class Section(BaseModel):
 
     def replace(self: _Section, **changes: Any) -> _Section:
         """A validated copy with `changes` (`model_copy(update=...)` would skip the checks)."""
-        return _validated(type(self), {**self.model_dump(), **changes})
+        return validated(type(self), {**self.model_dump(), **changes})
 
 
 class Stage1Config(Section):
@@ -322,98 +317,6 @@ class RunConfig(Section):
         return self.model_dump(mode="json")
 
 
-# -- pydantic errors as one line naming the key ------------------------------------------------
-
-_NOT_A = {"int": "int", "float": "float", "bool": "bool", "string": "str", "tuple": "list"}
-_BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-
-
-def _validated(model: type[_Section], data: Any) -> _Section:
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        errors = err.errors(include_url=False)
-        first = min(errors, key=lambda e: e["type"] != "extra_forbidden")  # typos first
-        raise ConfigError(_message(model, first)) from None
-
-
-def _message(model: type[BaseModel], error: Any) -> str:
-    loc, kind, value = error["loc"], error["type"], error.get("input")
-    ctx = error.get("ctx") or {}
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    if kind == "extra_forbidden":
-        known = ", ".join(sorted(_model_at(model, loc[:-1]).model_fields))
-        return f"unknown config key {path!r}; known: {known}"
-    if kind == "invalid_key":
-        return f"config keys must be text, got {_short(value)}"
-    if kind == "value_error":  # our validators: a rule over several keys, or one key's range
-        text = str(ctx.get("error", error["msg"]))
-        return f"{path} {text}" if path else text
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"{path or 'config'} must be a mapping, got {type(value).__name__}"
-    if value is None:
-        return f"{path} must not be empty"
-    if kind == "literal_error":
-        return f"{path} must be one of {ctx['expected']}, got {_short(value)}"
-    if kind in _BOUNDS:
-        return f"{path} must be {_range(model, loc, ctx)}, got {_shown(value)}"
-    if kind == "multiple_of":
-        return f"{path} must be a multiple of {ctx['multiple_of']}, got {_shown(value)}"
-    if kind == "too_short":
-        return f"{path} must list at least one value"
-    if kind == "finite_number":
-        return f"{path} must be a finite number, got {_shown(value)}"
-    if kind == "not_a_list":
-        return f"{path}: {_short(value)} is not a list (write e.g. [1, 2])"
-    if kind == "not_a_number":
-        return f"{path}: {_short(value)} is not a number"
-    name = _NOT_A.get(kind.split("_")[0])
-    if name:
-        return f"{path}: {_short(value)} is not a valid {name}"
-    return f"{path}: {' '.join(str(error['msg']).split())}"
-
-
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
-    for part in loc:
-        model = model.model_fields[part].annotation  # type: ignore[assignment]
-    return model
-
-
-def _range(model: type[BaseModel], loc: tuple[Any, ...], ctx: dict[str, Any]) -> str:
-    """The key's whole declared range (`in (0, 1)`), not only the side that was crossed."""
-    bounds: dict[str, Any] = {}
-    if loc and not isinstance(loc[-1], int):  # a key (list items: the crossed side only)
-        for meta in _model_at(model, loc[:-1]).model_fields[loc[-1]].metadata:
-            bounds |= {b: getattr(meta, b) for b in ("gt", "ge", "lt", "le") if hasattr(meta, b)}
-    bounds = bounds or ctx
-    low = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds.get("ge"))
-    high = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds.get("le"))
-    if low[1] is not None and high[1] is not None:
-        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
-    if low[1] is not None:
-        return "positive" if low == ("(", 0) else f"{'>' if low[0] == '(' else '>='} {low[1]}"
-    return f"{'<' if high[0] == ')' else '<='} {high[1]}"
-
-
-def _short(value: Any) -> str:
-    """A bounded repr for error messages: YAML aliases can nest a value exponentially."""
-    short = reprlib.Repr()
-    short.maxlevel, short.maxlist, short.maxdict = 2, 4, 4
-    short.maxstring = short.maxother = 60
-    return short.repr(value)
-
-
-def _shown(value: Any) -> str:
-    """A number as written (`--set stage2.epochs=-2` arrives as text), anything else bounded."""
-    if isinstance(value, str):
-        try:
-            float(value)
-            return value.strip()
-        except ValueError:
-            pass
-    return _short(value)
-
-
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> RunConfig:
@@ -446,4 +349,4 @@ def load_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"config key {part!r} is not a section")
         node[leaf] = value
-    return _validated(RunConfig, data)
+    return validated(RunConfig, data)

@@ -18,6 +18,7 @@ FLOORS = {
     "data": 0,
     "models": 0,
     "config": 0,
+    "config_errors": 0,
     "choices": 0,
     "telemetry": 0,
     "report": 0,

@@ -100,13 +100,18 @@ def assign(z: np.ndarray, means: np.ndarray, log_w: np.ndarray, cov: np.ndarray)
     return np.argmin(cost, axis=1)
 
 
-def release_round(z, labels, comp, *, num_classes, components, plan, session, key) -> np.ndarray:
-    """The noisy (classes * components, 1 + d) table of summed [1, z/sqrt(d)]/sqrt(2)."""
+def round_features(z: np.ndarray) -> np.ndarray:
+    """(n, 1 + d) per-record vectors [1, z / sqrt(d)] / sqrt(2), of norm <= 1."""
+    z = np.clip(np.asarray(z, dtype=np.float64), -1.0, 1.0)
     n, d = z.shape
-    rows = labels * components + comp
-    feats = np.concatenate([np.ones((n, 1)), z / math.sqrt(d)], axis=1) / math.sqrt(2.0)
-    table = np.zeros((num_classes * components, 1 + d))
-    np.add.at(table, rows, feats)
+    return np.concatenate([np.ones((n, 1)), z / math.sqrt(d)], axis=1) / math.sqrt(2.0)
+
+
+def release_round(z, labels, comp, *, num_classes, components, plan, session, key) -> np.ndarray:
+    """The noisy (classes * components, 1 + d) table: each record's `round_features` added to
+    the one row of its class and assigned component."""
+    table = np.zeros((num_classes * components, 1 + z.shape[1]))
+    np.add.at(table, labels * components + comp, round_features(z))
     noisy = table + key.numpy().normal(0.0, plan.round_noise_multiplier, size=table.shape)
     session.record(plan.round_event())
     return noisy

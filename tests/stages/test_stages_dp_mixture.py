@@ -18,6 +18,8 @@ from tdpdm.stages.dp_mixture import (
     MixturePlan,
     fit_dp_mixture,
     mixture_model,
+    release_round,
+    round_features,
 )
 from tdpdm.stages.dp_moments import MOMENTS_STAGE
 
@@ -52,6 +54,23 @@ def _fit(plan, tally, covariance="full", key=None):
         z, labels, num_classes=2, components=2, covariance=covariance, plan=plan,
         session=tally, key=key or MechanismKey.fresh("test-mixture"),
     )  # fmt: skip
+
+
+def test_each_record_adds_one_vector_of_norm_at_most_one_to_one_row():
+    """The per-round sensitivity the accounting assumes (corners of [-1, 1]^d: the worst case)."""
+    rng = np.random.default_rng(1)
+    z = np.concatenate([rng.choice([-1.0, 1.0], size=(50, 7)), rng.uniform(-3, 3, (50, 7))])
+    norms = np.linalg.norm(round_features(z), axis=1)
+    assert norms.max() <= 1.0 + 1e-12 and norms.max() > 0.99
+    labels, comp = rng.integers(0, 3, 100), rng.integers(0, 2, 100)
+    plan, tally = MixturePlan(1e-12), _Tally()
+    args = {"num_classes": 3, "components": 2, "plan": plan, "session": tally}
+    full = release_round(z, labels, comp, key=MechanismKey("r", 1), **args)
+    less = release_round(z[1:], labels[1:], comp[1:], key=MechanismKey("r", 1), **args)
+    moved = np.abs(full - less) > 1e-9
+    assert moved.any(axis=1).sum() == 1 and moved[labels[0] * 2 + comp[0]].any()
+    assert np.linalg.norm(full - less) <= 1.0 + 1e-9
+    assert tally.events == [plan.round_event()] * 2
 
 
 def test_recovers_the_components_of_each_class_at_large_epsilon():

@@ -24,8 +24,9 @@ Stage1Mechanism = Literal["dpsgd-autoencoder", "lipschitz-vae"]
 ReleasedModel = Literal["deconvolution", "diffusion"]
 """`released` mode's stage 2: a deconvolved Gaussian mixture, or diffusion on noisy latents."""
 
-PrivateModel = Literal["diffusion", "dp-moments"]
-"""`private` mode's stage 2: DP-SGD latent diffusion, or class Gaussians from DP moments."""
+PrivateModel = Literal["diffusion", "dp-moments", "dp-mixture"]
+"""`private` mode's stage 2: DP-SGD latent diffusion, class Gaussians from DP moments, or class
+mixtures from a few rounds of DP hard EM on top of them."""
 
 LatentShape = Literal["vector", "spatial"]
 """Stage 1's autoencoder latent: a dense vector, or C feature maps at a quarter of the size."""

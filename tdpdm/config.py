@@ -161,14 +161,14 @@ class Stage2Config(Section):
     """`released` mode's stage 2: `deconvolution` (a Gaussian mixture fitted through the known
     release noise, stages/deconvolve.py) or `diffusion` (the denoiser on the noisy latents)."""
     mixture_components: PositiveInt = 3
-    """Deconvolution: mixture components per class."""
+    """Deconvolution and dp-mixture: mixture components per class."""
     mixture_iterations: PositiveInt = 100
     """Deconvolution: EM iterations."""
     private_model: PrivateModel = "diffusion"
-    """`private` mode's stage 2: `diffusion` (DP-SGD latent diffusion) or `dp-moments` (class
-    Gaussians from one Gaussian release of per-class moments, stages/dp_moments.py)."""
+    """`private` mode's stage 2: `diffusion` (DP-SGD latent diffusion), `dp-moments` (class
+    Gaussians from DP per-class moments) or `dp-mixture` (class mixtures by DP hard EM)."""
     moments_covariance: MomentsCovariance = "full"
-    """dp-moments: `full` or `diagonal` covariances (diagonal: d instead of d(d+1)/2 noisy
+    """dp-moments/-mixture: `full` or `diagonal` covariances (diagonal: d, not d(d+1)/2, noisy
     entries per class; better at small epsilon)."""
 
 

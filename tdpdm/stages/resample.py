@@ -3,8 +3,8 @@
 Everything read here lies in `<run>/release/` and is covered by the run's guarantee: the
 report (its config and privacy section), the decoder trained with DP-SGD
 (`models/autoencoder.pt`), the stage-2 model (`models/diffusion.pt`: the diffusion denoiser, or
-the class mixture of `deconvolution` / `dp-moments`, fitted with a DP mechanism or on a DP
-release) and the footer of the run's synthetic file (the class names). Nothing under
+the class mixture of `deconvolution` / `dp-moments` / `dp-mixture`, fitted by DP mechanisms or
+on a DP release) and the footer of the run's synthetic file (the class names). Nothing under
 `custodian/` is opened, no private record is read and no ledger is touched: sampling costs no
 privacy. The seed is public and governs only the sampler.
 """

@@ -26,6 +26,7 @@ from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.context import RunContext
 from tdpdm.stages.deconvolve import fit_release_model
 from tdpdm.stages.diffuse import train_diffusion
+from tdpdm.stages.dp_mixture import DPMixture
 from tdpdm.stages.dp_moments import DPMoments
 from tdpdm.stages.dpsgd import DPSGDPlan
 from tdpdm.stages.plan import DIFFUSION, Stage2Plan
@@ -128,7 +129,7 @@ class ReleaseMixture:
 
 
 STAGE2_MODELS: dict[str, Stage2Model] = {
-    m.name: m for m in (LatentDiffusion(), ReleaseMixture(), DPMoments())
+    m.name: m for m in (LatentDiffusion(), ReleaseMixture(), DPMoments(), DPMixture())
 }
 
 

@@ -1,0 +1,147 @@
+"""dp-moments vs dp-mixture (issue 13) on a finished run's private latents, at that run's stage-2
+share of epsilon.
+
+CUSTODIAN-ONLY MEASUREMENT. This reads `custodian/latents/latents.parquet` (the private latents,
+never publishable) and fits each stage-2 model with its real DP mechanisms (noise from fresh OS
+entropy, calibrated so that the run's encoder event plus the model's releases meet the run's
+epsilon), but charges no ledger: the run already spent its budget once, on its own dp-moments
+release. The fitted models and their samples are therefore NOT a DP release of the data set
+(they would be a second, uncharged spend); only the accuracies below leave the custodian, as a
+measurement. Each row: per model, `--synthetic` samples decoded by the run's DP decoder, then the
+DPDM CNN (tdpdm.evaluate.downstream) trained on them and scored on the real test split.
+
+    python benchmarks/dp_mixture.py --run runs/mnist-spatial-eps10-b1024 --components 1,2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tdpdm.config import RunConfig, Stage1Config  # noqa: E402
+from tdpdm.data.loader import load_split  # noqa: E402
+from tdpdm.evaluate.downstream import downstream_accuracy  # noqa: E402
+from tdpdm.privacy.accountant import compute_epsilon  # noqa: E402
+from tdpdm.privacy.adjacency import Adjacency  # noqa: E402
+from tdpdm.privacy.calibration import calibrate_noise  # noqa: E402
+from tdpdm.privacy.events import event_from_dict  # noqa: E402
+from tdpdm.privacy.randomness import MechanismKey  # noqa: E402
+from tdpdm.stages.artifacts import RunLayout, load_model_state  # noqa: E402
+from tdpdm.stages.dp_mixture import (  # noqa: E402
+    DPMixture,
+    MixturePlan,
+    fit_dp_mixture,
+    mixture_model,
+)
+from tdpdm.stages.dp_moments import (  # noqa: E402
+    DPMoments,
+    gaussians_from_moments,
+    release_moments,
+)
+from tdpdm.stages.encode import build_autoencoder  # noqa: E402
+from tdpdm.stages.latents_io import read_latents  # noqa: E402
+from tdpdm.stages.sample import generate  # noqa: E402
+
+
+class Unledgered:
+    """Collects the events a fit ran (printed; no ledger: see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.recorded: list = []
+
+    def record(self, event) -> None:
+        self.recorded.append(event)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="a finished private dp-moments run's --out")
+    ap.add_argument("--components", default="1,2,4", help="per class; 1 = dp-moments")
+    ap.add_argument("--rounds", type=int, default=3, help="dp-mixture hard-EM rounds (T)")
+    ap.add_argument("--synthetic", type=int, default=10000)
+    ap.add_argument("--epochs", type=int, default=3, help="CNN epochs")
+    ap.add_argument("--data-dir", default="/work/shared/datasets")
+    ap.add_argument("--seed", type=int, default=0, help="sampling and CNN only (public)")
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layout = RunLayout(args.run)
+    report = json.loads(Path(layout.release("report.json")).read_text())
+    privacy, config = report["privacy"], report["config"]
+    adjacency, delta = Adjacency.parse(privacy["adjacency"]), float(privacy["delta"])
+    spent = [event_from_dict(e) for e in privacy["events"] if e["stage"] == "encoder"]
+    cfg = RunConfig(epsilon=float(privacy["target_epsilon"]))
+    covariance = config["stage2"]["moments_covariance"]
+    print(
+        f"CUSTODIAN-ONLY: reads the private latents of {args.run}; no ledger charged, outputs "
+        "are not a DP release",
+        file=sys.stderr,
+    )
+    decoder = build_autoencoder(Stage1Config(**config["stage1"]))
+    load_model_state(layout.autoencoder, decoder)
+    decoder.eval()
+    z, labels, _ = read_latents(layout.latents("private"))
+    classes = int(labels.max()) + 1
+    test_x, test_y = load_split(report["dataset"], args.data_dir, "test")
+    for k in (int(x) for x in args.components.split(",")):
+        t0 = time.perf_counter()
+        session = Unledgered()
+        key = MechanismKey.fresh("bench-stage2")
+        if k == 1:
+            plan = DPMoments().plan(cfg, len(z), adjacency, delta, spent)
+            noisy = release_moments(
+                z, labels, num_classes=classes, covariance=covariance, plan=plan,
+                session=session, key=key,
+            )  # fmt: skip
+            means, covs = gaussians_from_moments(noisy, z.shape[1], covariance)
+            model = mixture_model(np.ones((classes, 1)), means[:, None], covs)
+        else:
+            if args.rounds == MixturePlan(1.0).rounds:
+                plan = DPMixture().plan(cfg, len(z), adjacency, delta, spent)
+            else:  # the same calibration, for another T
+                sigma = calibrate_noise(
+                    lambda s: MixturePlan(s, rounds=args.rounds).events(),
+                    cfg.epsilon, delta, adjacency, fixed_events=spent,
+                )  # fmt: skip
+                plan = MixturePlan(sigma, rounds=args.rounds)
+            weights, means, covs = fit_dp_mixture(
+                z, labels, num_classes=classes, components=k, covariance=covariance, plan=plan,
+                session=session, key=key,
+            )  # fmt: skip
+            model = mixture_model(weights, means, covs)
+        fit_s = time.perf_counter() - t0
+        epsilon = compute_epsilon([*spent, *session.recorded], delta, adjacency).epsilon
+        images, synth_labels = generate(
+            model, decoder, args.synthetic, num_classes=classes, steps=0, guidance=1.0,
+            seed=args.seed, device="cpu", progress=False,
+        )  # fmt: skip
+        acc = downstream_accuracy(
+            images, synth_labels, test_x, test_y, epochs=args.epochs, seed=args.seed,
+            device="cpu", progress=False, num_classes=classes,
+        )["accuracy"]  # fmt: skip
+        row = {
+            "model": "dp-moments" if k == 1 else f"dp-mixture K={k} T={args.rounds}",
+            "accuracy": round(100 * float(acc), 2),
+            "epsilon_with_encoder": round(epsilon, 3),
+            "events": [(e.stage, round(e.noise_multiplier, 4)) for e in session.recorded],
+            "synthetic": args.synthetic,
+            "cnn_epochs": args.epochs,
+            "fit_s": round(fit_s, 1),
+            "total_s": round(time.perf_counter() - t0, 1),
+        }
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

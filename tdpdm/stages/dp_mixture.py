@@ -1,0 +1,220 @@
+"""Stage 2 as a DP class-conditional Gaussian mixture: `components` per class, fitted by a few
+rounds of DP hard EM (issue 13).
+
+Releases, all Gaussian mechanisms on per-record vectors of norm <= 1 (the dp-moments argument):
+  0. the dp-moments table (per class count, sum and second moment; `dp_moments.py`), once;
+  1..T. per round, per (class, component) row, the count and sum of the records assigned to it,
+     v = [1, z / sqrt(d)] / sqrt(2) with z clamped to [-1, 1]^d, so ||v|| <= 1. Each record adds
+     one v to exactly one row (its own class's component nearest under the *released* model of
+     the round before), so adding or removing a record moves the table by at most 1.
+The assignment reads only public (already released) parameters and the record itself, so each
+round is one Gaussian mechanism with sensitivity 1: T + 1 events that the accountant composes.
+
+Covariance structure: every component of a class shares one within-class covariance, the DP class
+covariance of release 0 minus the between-component scatter of the round-T means. The class second
+moment does not depend on the assignment, so it is released once, and the rounds release only
+counts and sums (d + 1 entries a component): their noise multiplier is `ROUND_NOISE_RATIO` times
+release 0's, as means averaged over thousands of records stand far more noise than covariances.
+
+Initialisation is post-processing of release 0: each class Gaussian is split along its top
+principal axes (+/- 0.8 standard deviations, the means of a Gaussian's two halves).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tdpdm.config import RunConfig
+from tdpdm.privacy.adjacency import Adjacency
+from tdpdm.privacy.calibration import calibrate_noise
+from tdpdm.privacy.events import Event, GaussianEvent
+from tdpdm.privacy.randomness import MechanismKey
+from tdpdm.privacy.session import PrivacySession
+from tdpdm.stages.context import RunContext
+from tdpdm.stages.deconvolve import LatentMixture
+from tdpdm.stages.dp_moments import (
+    VARIANCE_FLOOR,
+    MomentsPlan,
+    gaussians_from_moments,
+    release_moments,
+)
+
+MIXTURE_STAGE = "mixture_rounds"
+MIXTURE_ROUNDS = 3
+"""DP hard-EM rounds (T): each is one Gaussian release."""
+ROUND_NOISE_RATIO = 3.0
+"""Rounds' noise multiplier over release 0's: T rounds then cost T / 9 of one release."""
+SPLIT = 0.8
+MIN_COUNT = 1.0
+"""A component whose noisy count is below this is dropped (weight 0): post-processing."""
+
+
+@dataclass(frozen=True)
+class MixturePlan:
+    """Release 0 (the class moments) and `rounds` releases of component counts and sums."""
+
+    noise_multiplier: float
+    rounds: int = MIXTURE_ROUNDS
+    ratio: float = ROUND_NOISE_RATIO
+
+    @property
+    def round_noise_multiplier(self) -> float:
+        return self.ratio * self.noise_multiplier
+
+    def round_event(self) -> GaussianEvent:
+        return GaussianEvent(self.round_noise_multiplier, count=1, stage=MIXTURE_STAGE)
+
+    def events(self) -> list[Event]:
+        first = MomentsPlan(self.noise_multiplier).events()
+        return [*first, GaussianEvent(self.round_noise_multiplier, self.rounds, MIXTURE_STAGE)]
+
+
+def _floored(cov: np.ndarray, diagonal: bool) -> np.ndarray:
+    if diagonal:
+        return np.diag(np.maximum(np.diag(cov), VARIANCE_FLOOR))
+    vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
+    return (vecs * np.maximum(vals, VARIANCE_FLOOR)) @ vecs.T
+
+
+def initial_means(mean: np.ndarray, cov: np.ndarray, components: int) -> np.ndarray:
+    """(K, d) starting centres of one class: its DP Gaussian split along its top axes."""
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1]
+    out = np.repeat(mean[None], components, axis=0)
+    for k in range(components - components % 2):
+        axis = order[(k // 2) % len(order)]
+        out[k] += (1 if k % 2 == 0 else -1) * SPLIT * math.sqrt(max(vals[axis], 0)) * vecs[:, axis]
+    return np.clip(out, -1.0, 1.0)
+
+
+def assign(z: np.ndarray, means: np.ndarray, log_w: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Hard EM: each row's most likely component under N(means[k], cov) with weights."""
+    chol = np.linalg.cholesky(cov)
+    y = np.linalg.solve(chol, z.T).T
+    m = np.linalg.solve(chol, means.T).T
+    cost = (y * y).sum(1)[:, None] - 2 * y @ m.T + (m * m).sum(1)[None] - 2 * log_w[None]
+    return np.argmin(cost, axis=1)
+
+
+def round_features(z: np.ndarray) -> np.ndarray:
+    """(n, 1 + d) per-record vectors [1, z / sqrt(d)] / sqrt(2), of norm <= 1."""
+    z = np.clip(np.asarray(z, dtype=np.float64), -1.0, 1.0)
+    n, d = z.shape
+    return np.concatenate([np.ones((n, 1)), z / math.sqrt(d)], axis=1) / math.sqrt(2.0)
+
+
+def release_round(z, labels, comp, *, num_classes, components, plan, session, key) -> np.ndarray:
+    """The noisy (classes * components, 1 + d) table: each record's `round_features` added to
+    the one row of its class and assigned component."""
+    table = np.zeros((num_classes * components, 1 + z.shape[1]))
+    np.add.at(table, labels * components + comp, round_features(z))
+    noisy = table + key.numpy().normal(0.0, plan.round_noise_multiplier, size=table.shape)
+    session.record(plan.round_event())
+    return noisy
+
+
+def fit_dp_mixture(
+    z: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    components: int,
+    covariance: str,
+    plan: MixturePlan,
+    session: PrivacySession,
+    key: MechanismKey,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights (C, K), means (C, K, d), within-class covariances (C, d, d)); records the
+    T + 1 releases on `session`."""
+    z = np.clip(np.asarray(z, dtype=np.float64), -1.0, 1.0)
+    labels = np.asarray(labels, dtype=np.int64)
+    d, diagonal = z.shape[1], covariance == "diagonal"
+    moments = MomentsPlan(plan.noise_multiplier)
+    noisy = release_moments(
+        z, labels, num_classes=num_classes, covariance=covariance, plan=moments,
+        session=session, key=key.child("moments"),
+    )  # fmt: skip
+    class_means, class_covs = gaussians_from_moments(noisy, d, covariance)
+    # Everything below until the next release is post-processing of released values.
+    weights = np.full((num_classes, components), 1.0 / components)
+    means = np.stack([initial_means(class_means[c], class_covs[c], components)
+                      for c in range(num_classes)])  # fmt: skip
+    covs = class_covs.copy()
+    for t in range(plan.rounds):
+        comp = np.zeros(len(z), dtype=np.int64)
+        for c in range(num_classes):
+            rows = labels == c
+            log_w = np.log(np.maximum(weights[c], 1e-300))
+            if rows.any():
+                comp[rows] = assign(z[rows], means[c], log_w, covs[c])
+        table = release_round(
+            z, labels, comp, num_classes=num_classes, components=components, plan=plan,
+            session=session, key=key.child("round", t),
+        ).reshape(num_classes, components, 1 + d) * math.sqrt(2.0)  # fmt: skip
+        counts = table[..., 0]
+        alive = counts >= MIN_COUNT
+        sums = table[..., 1:] * math.sqrt(d)
+        new_means = np.clip(sums / np.maximum(counts, MIN_COUNT)[..., None], -1.0, 1.0)
+        means = np.where(alive[..., None], new_means, class_means[:, None])
+        for c in range(num_classes):
+            w = np.where(alive[c], counts[c], 0.0)
+            weights[c] = w / w.sum() if w.sum() > 0 else np.eye(components)[0]
+            centre = weights[c] @ means[c]
+            dev = means[c] - centre
+            between = (dev * weights[c][:, None]).T @ dev
+            covs[c] = _floored(class_covs[c] - between, diagonal)
+    return weights, means, covs
+
+
+def mixture_model(weights: np.ndarray, means: np.ndarray, covs: np.ndarray) -> LatentMixture:
+    """The sampler: component (c, k) is class c's, with weight w[c, k] within its class."""
+    classes, k, d = means.shape
+    model = LatentMixture(classes * k, d, classes)
+    model.log_weights.copy_(torch.from_numpy(np.log(np.maximum(weights, 1e-12))).float().ravel())
+    model.means.copy_(torch.from_numpy(means.reshape(-1, d)).float())
+    chol = np.repeat(np.linalg.cholesky(covs), k, axis=0)
+    model.scale_tril.copy_(torch.from_numpy(chol).float())
+    model.class_shares.copy_(torch.from_numpy(np.repeat(np.eye(classes), k, axis=0)).float())
+    return model
+
+
+class DPMixture:
+    """The `dp-mixture` stage-2 model (private mode): see the module docstring."""
+
+    name = "dp-mixture"
+    needs_release = False
+
+    def plan(
+        self, cfg: RunConfig, n_records: int, adjacency: Adjacency, delta: float, spent: list[Event]
+    ) -> MixturePlan:
+        sigma = calibrate_noise(
+            lambda s: MixturePlan(s).events(), cfg.epsilon, delta, adjacency, fixed_events=spent
+        )
+        return MixturePlan(sigma)
+
+    def fit(self, ctx: RunContext, data, plan, session) -> LatentMixture:
+        if not isinstance(plan, MixturePlan) or session is None:
+            raise ValueError("dp-mixture reads private latents: it needs its plan and a session")
+        s2 = ctx.cfg.stage2
+        k, covariance = s2.mixture_components, s2.moments_covariance
+        ctx.log(
+            f"stage 2: DP class mixture ({k} components a class, {plan.rounds} hard-EM rounds, "
+            f"{covariance} within-class covariance, sigma {plan.noise_multiplier:.3f} then "
+            f"{plan.round_noise_multiplier:.3f})"
+        )
+        with ctx.timed("dp_mixture", dp_sgd=False, components=k, rounds=plan.rounds):
+            weights, means, covs = fit_dp_mixture(
+                data.latents,
+                data.labels,
+                num_classes=ctx.spec.num_classes,
+                components=k,
+                covariance=covariance,
+                plan=plan,
+                session=session,
+                key=MechanismKey.fresh("stage2-mixture"),
+            )
+        return mixture_model(weights, means, covs)

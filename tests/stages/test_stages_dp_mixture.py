@@ -1,0 +1,128 @@
+"""The `dp-mixture` stage-2 model: it finds known components per class, records exactly its
+planned releases, is calibrated so that their composition meets the target, and runs end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tdpdm.config import RunConfig
+from tdpdm.privacy.accountant import compute_epsilon
+from tdpdm.privacy.adjacency import Adjacency
+from tdpdm.privacy.events import GaussianEvent, PoissonGaussianEvent
+from tdpdm.privacy.randomness import MechanismKey
+from tdpdm.stages.dp_mixture import (
+    MIXTURE_STAGE,
+    DPMixture,
+    MixturePlan,
+    fit_dp_mixture,
+    mixture_model,
+    release_round,
+    round_features,
+)
+from tdpdm.stages.dp_moments import MOMENTS_STAGE
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def record(self, event) -> None:
+        self.events.append(event)
+
+
+# Two classes, each two tight components of unequal weight, far apart (and apart from the other
+# class's); the class means differ, so a fit that mixed classes up would miss every centre.
+TRUE_MEANS = np.array(
+    [[[0.5, 0.5, 0.0, 0.0], [-0.5, 0.5, 0.0, 0.0]], [[0.0, -0.5, 0.6, 0.2], [0.0, -0.5, -0.6, 0.2]]]
+)
+TRUE_WEIGHTS = np.array([[0.3, 0.7], [0.6, 0.4]])
+
+
+def _toy(n: int = 4000, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    comp = (rng.random(n) > TRUE_WEIGHTS[labels, 0]).astype(int)
+    z = TRUE_MEANS[labels, comp] + 0.05 * rng.normal(size=(n, 4))
+    return z, labels
+
+
+def _fit(plan, tally, covariance="full", key=None):
+    z, labels = _toy()
+    return fit_dp_mixture(
+        z, labels, num_classes=2, components=2, covariance=covariance, plan=plan,
+        session=tally, key=key or MechanismKey.fresh("test-mixture"),
+    )  # fmt: skip
+
+
+def test_each_record_adds_one_vector_of_norm_at_most_one_to_one_row():
+    """The per-round sensitivity the accounting assumes (corners of [-1, 1]^d: the worst case)."""
+    rng = np.random.default_rng(1)
+    z = np.concatenate([rng.choice([-1.0, 1.0], size=(50, 7)), rng.uniform(-3, 3, (50, 7))])
+    norms = np.linalg.norm(round_features(z), axis=1)
+    assert norms.max() <= 1.0 + 1e-12 and norms.max() > 0.99
+    labels, comp = rng.integers(0, 3, 100), rng.integers(0, 2, 100)
+    plan, tally = MixturePlan(1e-12), _Tally()
+    args = {"num_classes": 3, "components": 2, "plan": plan, "session": tally}
+    full = release_round(z, labels, comp, key=MechanismKey("r", 1), **args)
+    less = release_round(z[1:], labels[1:], comp[1:], key=MechanismKey("r", 1), **args)
+    moved = np.abs(full - less) > 1e-9
+    assert moved.any(axis=1).sum() == 1 and moved[labels[0] * 2 + comp[0]].any()
+    assert np.linalg.norm(full - less) <= 1.0 + 1e-9
+    assert tally.events == [plan.round_event()] * 2
+
+
+def test_recovers_the_components_of_each_class_at_large_epsilon():
+    for covariance in ("full", "diagonal"):
+        weights, means, covs = _fit(MixturePlan(1e-3), _Tally(), covariance)
+        for c in range(2):
+            # Components are unordered: match each true centre to its nearest fitted one.
+            dist = np.linalg.norm(TRUE_MEANS[c][:, None] - means[c][None], axis=2)
+            match = dist.argmin(axis=1)
+            assert sorted(match) == [0, 1], (c, means[c])
+            assert dist[[0, 1], match].max() < 0.02, (c, covariance, means[c])
+            assert np.allclose(weights[c][match], TRUE_WEIGHTS[c], atol=0.03)
+            # The within-class covariance is the components' (0.05^2), not the class spread.
+            assert np.all(np.linalg.eigvalsh(covs[c]) < 0.0035), covs[c]
+
+
+def test_records_the_planned_releases_with_noise_from_its_key():
+    plan = MixturePlan(0.7, rounds=3)
+    tally = _Tally()
+    a = _fit(plan, tally, key=MechanismKey("m", 3))
+    b = _fit(plan, _Tally(), key=MechanismKey("m", 3))
+    c = _fit(plan, _Tally(), key=MechanismKey("m", 4))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.allclose(a[1], c[1])
+    rounds = GaussianEvent(plan.round_noise_multiplier, count=1, stage=MIXTURE_STAGE)
+    assert plan.round_noise_multiplier == pytest.approx(2.1)
+    assert tally.events == [GaussianEvent(0.7, count=1, stage=MOMENTS_STAGE)] + [rounds] * 3
+    planned = GaussianEvent(plan.round_noise_multiplier, 3, MIXTURE_STAGE)
+    assert plan.events() == [tally.events[0], planned]
+
+
+def test_the_calibrated_plan_composes_to_the_target():
+    cfg = RunConfig(epsilon=4.0)
+    spent = [PoissonGaussianEvent(1.0, sampling_rate=0.02, steps=100, stage="encoder")]
+    plan = DPMixture().plan(cfg, 10_000, Adjacency.ADD_REMOVE, 1e-5, spent)
+    assert [e.stage for e in plan.events()] == [MOMENTS_STAGE, MIXTURE_STAGE]
+    assert plan.events()[1].count == plan.rounds
+    total = compute_epsilon([*spent, *plan.events()], 1e-5, Adjacency.ADD_REMOVE).epsilon
+    assert 3.9 < total <= 4.0
+    # Less noise would overspend: the T rounds are part of the composition, not free.
+    tighter = MixturePlan(plan.noise_multiplier * 0.97).events()
+    assert compute_epsilon([*spent, *tighter], 1e-5, Adjacency.ADD_REMOVE).epsilon > 4.0
+
+
+def test_the_sampler_draws_each_class_from_its_own_components():
+    weights, means, covs = _fit(MixturePlan(1e-3), _Tally())
+    model = mixture_model(weights, means, covs)
+    labels = torch.tensor([0] * 2000 + [1] * 2000)
+    z = model.sample(labels, generator=torch.Generator().manual_seed(0)).numpy()
+    for c in range(2):
+        zc = z[2000 * c : 2000 * (c + 1)]
+        near = np.linalg.norm(zc[:, None] - TRUE_MEANS[c][None], axis=2).min(axis=1)
+        assert np.quantile(near, 0.99) < 0.3
+        share = (np.linalg.norm(zc - TRUE_MEANS[c][0], axis=1) < 0.3).mean()
+        assert abs(share - TRUE_WEIGHTS[c][0]) < 0.05

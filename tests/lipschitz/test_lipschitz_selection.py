@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from tdpdm.cli import _overrides, build_parser
+from tdpdm.cli import build_parser
 from tdpdm.config import ConfigError, load_config
 from tdpdm.privacy.adjacency import Adjacency
+from tdpdm.run_flags import run_overrides
 from tdpdm.stages.plan import LIPSCHITZ_RELEASE, LIPSCHITZ_VAE, plan_run
 
 
@@ -39,7 +40,7 @@ def test_cli_flag_sets_the_mechanism() -> None:
     args = build_parser().parse_args(
         ["run", "--mode", "released", "--stage1-mechanism", "lipschitz-vae"]
     )
-    cfg = load_config(None, _overrides(args))
+    cfg = load_config(None, run_overrides(args))
     assert cfg.stage1.mechanism == "lipschitz-vae"
 
 

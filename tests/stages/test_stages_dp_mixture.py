@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tdpdm_test_support import tiny_run_overrides
 
 from tdpdm.config import RunConfig
 from tdpdm.privacy.accountant import compute_epsilon
@@ -126,3 +127,30 @@ def test_the_sampler_draws_each_class_from_its_own_components():
         assert np.quantile(near, 0.99) < 0.3
         share = (np.linalg.norm(zc - TRUE_MEANS[c][0], axis=1) < 0.3).mean()
         assert abs(share - TRUE_WEIGHTS[c][0]) < 0.05
+
+
+def test_a_private_run_with_dp_mixture(tmp_path, shared_datasets):
+    """A real tiny run: stage 1, the moments release and the rounds, within the target."""
+    from tdpdm.config import load_config
+    from tdpdm.pipeline import run_pipeline
+
+    overrides = tiny_run_overrides(
+        tmp_path,
+        shared_datasets,
+        "private",
+        subset=800,
+        seed=0,
+        settings={
+            "stage2.private_model": "dp-mixture",
+            "stage2.mixture_components": 2,
+            "evaluation.synthetic_count": 100,
+        },
+    )
+    cfg = load_config(None, overrides)
+    report = run_pipeline(cfg, log=lambda m: None).report
+    events = report["privacy"]["events"]
+    # One event per release as it ran: the moments, then each of the 3 rounds.
+    assert [e["stage"] for e in events] == ["encoder", MOMENTS_STAGE] + [MIXTURE_STAGE] * 3
+    assert all(e["count"] == 1 for e in events[1:])
+    assert report["privacy"]["epsilon"] <= cfg.epsilon
+    assert (tmp_path / "out" / "release" / "models" / "diffusion.pt").is_file()

@@ -11,6 +11,8 @@ measurement. Each row: per model, `--synthetic` samples decoded by the run's DP 
 DPDM CNN (tdpdm.evaluate.downstream) trained on them and scored on the real test split.
 
     python benchmarks/dp_mixture.py --run runs/mnist-spatial-eps10-b1024 --components 1,2,4
+    python benchmarks/dp_mixture.py --run RUN --components 1 --covariance full,pooled \
+        --radius 1,0.6 --sigma 4.2     # dp-moments variants at a given noise (e.g. epsilon 1's)
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from tdpdm.stages.dp_mixture import (  # noqa: E402
 )
 from tdpdm.stages.dp_moments import (  # noqa: E402
     DPMoments,
+    MomentScales,
+    MomentsPlan,
     gaussians_from_moments,
     release_moments,
 )
@@ -72,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default="/work/shared/datasets")
     ap.add_argument("--seed", type=int, default=0, help="sampling and CNN only (public)")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--covariance", help="comma list (default: the run's)")
+    ap.add_argument("--radius", default="", help="dp-moments clip radius fractions, comma list")
+    ap.add_argument("--sigma", type=float, help="dp-moments: this noise, not the run's epsilon's")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     adjacency, delta = Adjacency.parse(privacy["adjacency"]), float(privacy["delta"])
     spent = [event_from_dict(e) for e in privacy["events"] if e["stage"] == "encoder"]
     cfg = RunConfig(epsilon=float(privacy["target_epsilon"]))
-    covariance = config["stage2"]["moments_covariance"]
+    covariances = (args.covariance or config["stage2"]["moments_covariance"]).split(",")
+    radii = [float(r) for r in args.radius.split(",") if r] or [
+        float(config["stage2"].get("moments_radius", 1.0))
+    ]
     print(
         f"CUSTODIAN-ONLY: reads the private latents of {args.run}; no ledger charged, outputs "
         "are not a DP release",
@@ -93,17 +103,26 @@ def main(argv: list[str] | None = None) -> int:
     z, labels, _ = read_latents(layout.latents("private"))
     classes = int(labels.max()) + 1
     test_x, test_y = load_split(report["dataset"], args.data_dir, "test")
-    for k in (int(x) for x in args.components.split(",")):
+    variants = [
+        (int(k), cov, r)
+        for k in args.components.split(",")
+        for cov in covariances
+        for r in (radii if int(k) == 1 else radii[:1])
+    ]
+    for k, covariance, radius in variants:
         t0 = time.perf_counter()
         session = Unledgered()
         key = MechanismKey.fresh("bench-stage2")
         if k == 1:
             plan = DPMoments().plan(cfg, len(z), adjacency, delta, spent)
+            if args.sigma:
+                plan = MomentsPlan(args.sigma)
+            scales = MomentScales.for_latent(z.shape[1], radius)
             noisy = release_moments(
                 z, labels, num_classes=classes, covariance=covariance, plan=plan,
-                session=session, key=key,
+                session=session, key=key, scales=scales,
             )  # fmt: skip
-            means, covs = gaussians_from_moments(noisy, z.shape[1], covariance)
+            means, covs = gaussians_from_moments(noisy, z.shape[1], covariance, scales)
             model = mixture_model(np.ones((classes, 1)), means[:, None], covs)
         else:
             if args.rounds == MixturePlan(1.0).rounds:
@@ -130,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             device="cpu", progress=False, num_classes=classes,
         )["accuracy"]  # fmt: skip
         row = {
-            "model": "dp-moments" if k == 1 else f"dp-mixture K={k} T={args.rounds}",
+            "model": f"dp-moments r={radius}" if k == 1 else f"dp-mixture K={k} T={args.rounds}",
+            "covariance": covariance,
             "accuracy": round(100 * float(acc), 2),
             "epsilon_with_encoder": round(epsilon, 3),
             "events": [(e.stage, round(e.noise_multiplier, 4)) for e in session.recorded],

@@ -31,7 +31,7 @@ mixtures from a few rounds of DP hard EM on top of them."""
 LatentShape = Literal["vector", "spatial"]
 """Stage 1's autoencoder latent: a dense vector, or C feature maps at a quarter of the size."""
 
-MomentsCovariance = Literal["full", "diagonal"]
+MomentsCovariance = Literal["full", "diagonal", "pooled"]
 """dp-moments: full covariances, or diagonal ones (d noisy entries per class, not d(d+1)/2)."""
 
 Adjacency = Literal["add_remove", "replace_one"]

@@ -168,8 +168,13 @@ class Stage2Config(Section):
     """`private` mode's stage 2: `diffusion` (DP-SGD latent diffusion), `dp-moments` (class
     Gaussians from DP per-class moments) or `dp-mixture` (class mixtures by DP hard EM)."""
     moments_covariance: MomentsCovariance = "full"
-    """dp-moments/-mixture: `full` or `diagonal` covariances (diagonal: d, not d(d+1)/2, noisy
-    entries per class; better at small epsilon)."""
+    """dp-moments/-mixture: `full` (one per class), `diagonal` (d, not d(d+1)/2, noisy entries
+    per class) or `pooled` (one full within-class covariance from all classes' moments, with
+    per-class means: a tenth of the noise; the choice for small epsilon)."""
+    moments_radius: Annotated[float, Field(gt=0, le=1), NoBool] = 1.0
+    """dp-moments/-mixture: latents are clipped to the L2 norm moments_radius x sqrt(d) before
+    their moments are summed (public; 1 = the corner of [-1, 1]^d, no clipping). The second
+    moments' noise scales with its square."""
 
 
 class TuneConfig(Section):
@@ -210,6 +215,9 @@ class DistributedConfig(Section):
     backend: Literal["ray", "local"] = "ray"
     address: str | None = None
     num_workers: PositiveInt = 1
+    cpus_per_worker: PositiveInt | None = None
+    """CPUs (and torch threads) per DP-SGD worker. Default: on the embedded local Ray, this
+    machine's cores shared among the workers (one worker gets them all); on a cluster, 1."""
     use_gpu: bool = False
     max_failures: Annotated[int, Field(ge=-1), NoBool] = 2
     """Worker failures Ray Train recovers from, each from the latest checkpoint (-1 = always)."""

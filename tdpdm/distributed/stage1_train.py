@@ -115,6 +115,7 @@ def train_dpsgd_on_ray(
     storage_path = _absolute(storage_path)
     run_dir = storage.join(storage_path, run_name)
     with ray_session(cfg.address):
+        cpus = cpus_per_worker(cfg, ray.cluster_resources().get("CPU", 1))
         data_ref = ray.put([t.detach().cpu().numpy() for t in tensors])
         trainer = TorchTrainer(
             _worker_loop,
@@ -128,12 +129,13 @@ def train_dpsgd_on_ray(
                 "grad_sample_mode": grad_sample_mode,
                 "checkpoint_every": cfg.checkpoint_every,
                 "progress": progress,
+                "cpus": cpus,
             },
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers,
                 use_gpu=cfg.use_gpu,
-                resources_per_worker={"CPU": 1} | ({"GPU": 1} if cfg.use_gpu else {}),
+                resources_per_worker={"CPU": cpus} | ({"GPU": 1} if cfg.use_gpu else {}),
             ),
             run_config=RayRunConfig(
                 name=run_name,
@@ -204,11 +206,25 @@ def _load_state(checkpoint: Any) -> TrainingState:
     return TrainingState(**raw)
 
 
+def cpus_per_worker(cfg: DistributedConfig, ray_cpus: float) -> int:
+    """CPUs each worker asks Ray for (and its torch threads): the configured number, else, on
+    the embedded local Ray, its CPUs shared among the workers (one worker gets them all), else 1
+    (a cluster's sizing is its operator's: ask for more with `distributed.cpus_per_worker`)."""
+    if cfg.cpus_per_worker is not None:
+        return cfg.cpus_per_worker
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        return 1
+    return max(1, int(ray_cpus) // cfg.num_workers)
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: resume if there is a checkpoint, run DP-SGD, report checkpoints."""
     import ray
     import ray.train
     import ray.train.torch
+
+    # Ray sets OMP_NUM_THREADS from the CPUs asked for; torch may already have read another.
+    torch.set_num_threads(int(config.get("cpus", 1)))
 
     context = ray.train.get_context()
     rank = context.get_world_rank()

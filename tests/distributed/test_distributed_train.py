@@ -84,3 +84,20 @@ def test_ray_workers_spend_and_learn_like_the_single_process_run(local_ray, tmp_
     assert local_loss < initial_loss - 0.05
     assert two_loss < initial_loss - 0.05
     assert abs(two_loss - local_loss) < 0.25 * (initial_loss - local_loss)
+
+
+def test_cpus_per_worker_shares_the_embedded_ray_and_asks_one_of_a_cluster(monkeypatch):
+    """One worker on the embedded Ray gets every core (its torch threads follow); a cluster
+    job asks for 1 CPU a worker unless `distributed.cpus_per_worker` says otherwise."""
+    from tdpdm.config import DistributedConfig
+    from tdpdm.distributed.stage1_train import cpus_per_worker
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cpus_per_worker(DistributedConfig(), 2.0) == 2
+    assert cpus_per_worker(DistributedConfig(num_workers=2), 2.0) == 1
+    assert cpus_per_worker(DistributedConfig(num_workers=3), 2.0) == 1
+    assert cpus_per_worker(DistributedConfig(num_workers=2), 16.0) == 8
+    assert cpus_per_worker(DistributedConfig(address="auto"), 64.0) == 1
+    assert cpus_per_worker(DistributedConfig(address="auto", cpus_per_worker=4), 64.0) == 4
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert cpus_per_worker(DistributedConfig(), 64.0) == 1

@@ -11,7 +11,9 @@ from tdpdm.privacy.events import GaussianEvent
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.stages.dp_moments import (
     MOMENTS_STAGE,
+    MomentScales,
     MomentsPlan,
+    clip_latents,
     gaussians_from_moments,
     moment_features,
     release_moments,
@@ -34,14 +36,48 @@ def _latents(n: int = 3000, d: int = 6, classes: int = 3, seed: int = 0):
     return z, labels
 
 
-@pytest.mark.parametrize("covariance", ["diagonal", "full"])
-def test_every_record_vector_has_norm_at_most_one(covariance):
-    """The sensitivity the accounting assumes: corners of [-1, 1]^d are the worst case."""
+@pytest.mark.parametrize("covariance", ["diagonal", "full", "pooled"])
+@pytest.mark.parametrize("radius", [1.0, 0.5, 0.2])
+def test_every_record_vector_has_norm_at_most_one(covariance, radius):
+    """The sensitivity the accounting assumes, for any clip radius (0.2 x sqrt(7) < 1 takes the
+    diagonal bound's other branch): the worst case is a latent on the clip sphere."""
     rng = np.random.default_rng(1)
-    z = np.concatenate([rng.choice([-1.0, 1.0], size=(50, 7)), rng.uniform(-3, 3, (50, 7))])
-    norms = np.linalg.norm(moment_features(z, covariance), axis=1)
+    scales = MomentScales.for_latent(7, radius)
+    r2 = scales.radius**2  # the diagonal's worst case: floor(r2) ones, the rest on one more
+    peaked = np.zeros((1, 7))
+    peaked[0, : int(r2)] = 1.0
+    peaked[0, min(int(r2), 6)] += np.sqrt(r2 - int(r2))
+    z = np.concatenate([rng.choice([-1.0, 1.0], size=(50, 7)), rng.uniform(-3, 3, (50, 7)), peaked])
+    norms = np.linalg.norm(moment_features(z, covariance, scales), axis=1)
     assert norms.max() <= 1.0 + 1e-12
     assert norms.max() > 0.99  # and the bound is tight (not a loose, wasteful scaling)
+
+
+def test_clipping_bounds_the_norm_and_keeps_short_latents():
+    z = np.array([[0.1, 0.2, 0.0], [1.0, 1.0, 1.0], [5.0, -5.0, 0.0]])
+    clipped = clip_latents(z, radius=1.0)
+    assert np.allclose(clipped[0], z[0])
+    assert np.allclose(np.linalg.norm(clipped[1:], axis=1), 1.0)
+    assert np.allclose(clipped[2], [np.sqrt(0.5), -np.sqrt(0.5), 0.0])  # box first, then ball
+
+
+@pytest.mark.parametrize("radius", [1.0, 0.3])
+def test_without_noise_pooled_is_the_within_class_covariance(radius):
+    z, labels = _latents()
+    scales = MomentScales.for_latent(z.shape[1], radius)
+    noisy = release_moments(
+        z, labels, num_classes=3, covariance="pooled", plan=MomentsPlan(1e-12),
+        session=_Tally(), key=MechanismKey("t", 1), scales=scales,
+    )  # fmt: skip
+    means, covs = gaussians_from_moments(noisy, z.shape[1], "pooled", scales)
+    zc = clip_latents(z, scales.radius)
+    centred = zc - np.stack([zc[labels == c].mean(0) for c in range(3)])[labels]
+    within = centred.T @ centred / len(z)
+    for c in range(3):
+        assert np.allclose(means[c], zc[labels == c].mean(0), atol=1e-9)
+        assert np.allclose(covs[c], within, atol=1e-6)
+    if radius < 1:
+        assert not np.allclose(zc, z)  # the clip did bite: the moments are of clipped latents
 
 
 @pytest.mark.parametrize("covariance", ["diagonal", "full"])

@@ -47,12 +47,19 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epsilon", type=float, help="target epsilon of this run")
     p.add_argument("--delta", type=float)
-    p.add_argument("--mode", choices=MODES)
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        help="private (default; central DP, add/remove) or released (EXPERIMENTAL: a per-record "
+        "latent release under replace-one; near-chance synthetic data so far, README 'Which "
+        "latent mode?')",
+    )
     p.add_argument(
         "--stage1-mechanism",
         dest="stage1.mechanism",
         choices=STAGE1_MECHANISMS,
-        help="stage-1 privacy mechanism (lipschitz-vae needs --mode released)",
+        help="stage-1 privacy mechanism; lipschitz-vae (EXPERIMENTAL, near-chance so far) needs "
+        "--mode released",
     )
     p.add_argument(
         "--subset",

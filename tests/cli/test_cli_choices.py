@@ -53,3 +53,11 @@ def test_the_layers_below_know_the_same_names() -> None:
     assert set(CATALOG) == set(get_args(choices.Dataset))
     assert NAME_RE.pattern == choices.DATASET_NAME
     assert {a.value for a in Adjacency} == set(get_args(choices.Adjacency))
+
+
+def test_help_marks_the_weak_per_record_mechanisms_experimental() -> None:
+    """Issue 14: a mode that gives near-chance data says so where users choose it."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices["run"]._actions}
+    assert "EXPERIMENTAL" in actions["mode"].help and "released" in actions["mode"].help
+    assert "EXPERIMENTAL" in actions["stage1.mechanism"].help

@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--covariance", help="comma list (default: the run's)")
     ap.add_argument("--radius", default="", help="dp-moments clip radius fractions, comma list")
     ap.add_argument("--sigma", type=float, help="dp-moments: this noise, not the run's epsilon's")
+    ap.add_argument(
+        "--mixture-covariance", default="class", choices=["class", "component"],
+        help="dp-mixture: one covariance a class, or one a component (one more release)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     privacy, config = report["privacy"], report["config"]
     adjacency, delta = Adjacency.parse(privacy["adjacency"]), float(privacy["delta"])
     spent = [event_from_dict(e) for e in privacy["events"] if e["stage"] == "encoder"]
-    cfg = RunConfig(epsilon=float(privacy["target_epsilon"]))
+    cfg = RunConfig(
+        epsilon=float(privacy["target_epsilon"]),
+        stage2={"mixture_covariance": args.mixture_covariance},
+    )
     covariances = (args.covariance or config["stage2"]["moments_covariance"]).split(",")
     radii = [float(r) for r in args.radius.split(",") if r] or [
         float(config["stage2"].get("moments_radius", 1.0))
@@ -128,14 +135,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.rounds == MixturePlan(1.0).rounds:
                 plan = DPMixture().plan(cfg, len(z), adjacency, delta, spent)
             else:  # the same calibration, for another T
+                per_component = args.mixture_covariance == "component"
                 sigma = calibrate_noise(
-                    lambda s: MixturePlan(s, rounds=args.rounds).events(),
+                    lambda s, pc=per_component: MixturePlan(
+                        s, rounds=args.rounds, component_moments=pc
+                    ).events(),
                     cfg.epsilon, delta, adjacency, fixed_events=spent,
                 )  # fmt: skip
-                plan = MixturePlan(sigma, rounds=args.rounds)
+                plan = MixturePlan(sigma, rounds=args.rounds, component_moments=per_component)
             weights, means, covs = fit_dp_mixture(
                 z, labels, num_classes=classes, components=k, covariance=covariance, plan=plan,
-                session=session, key=key,
+                session=session, key=key, scales=MomentScales.for_latent(z.shape[1], radius),
             )  # fmt: skip
             model = mixture_model(weights, means, covs)
         fit_s = time.perf_counter() - t0
@@ -149,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             device="cpu", progress=False, num_classes=classes,
         )["accuracy"]  # fmt: skip
         row = {
-            "model": f"dp-moments r={radius}" if k == 1 else f"dp-mixture K={k} T={args.rounds}",
+            "model": f"dp-moments r={radius}"
+            if k == 1
+            else f"dp-mixture K={k} T={args.rounds} r={radius} {args.mixture_covariance}",
             "covariance": covariance,
             "accuracy": round(100 * float(acc), 2),
             "epsilon_with_encoder": round(epsilon, 3),

@@ -171,6 +171,9 @@ class Stage2Config(Section):
     """dp-moments/-mixture: `full` (one per class), `diagonal` (d, not d(d+1)/2, noisy entries
     per class) or `pooled` (one full within-class covariance from all classes' moments, with
     per-class means: a tenth of the noise; the choice for small epsilon)."""
+    mixture_covariance: Literal["class", "component"] = "class"
+    """dp-mixture: one covariance a class shared by its components, or one a component (one
+    more moments release, per (class, component) row)."""
     moments_radius: Annotated[float, Field(gt=0, le=1), NoBool] = 1.0
     """dp-moments/-mixture: latents are clipped to the L2 norm moments_radius x sqrt(d) before
     their moments are summed (public; 1 = the corner of [-1, 1]^d, no clipping). The second

@@ -16,6 +16,12 @@ moment does not depend on the assignment, so it is released once, and the rounds
 counts and sums (d + 1 entries a component): their noise multiplier is `ROUND_NOISE_RATIO` times
 release 0's, as means averaged over thousands of records stand far more noise than covariances.
 
+`mixture_covariance: component` adds release T+1: the dp-moments table again, but per (class,
+component) row under the round-T assignment (each record still adds one vector of norm <= 1 to
+one row), from which every component gets its own covariance, mean and weight. It is accounted
+at release 0's noise multiplier; a component with fewer than `MIN_COVARIANCE_COUNT` noisy records
+keeps the shared within-class covariance.
+
 Initialisation is post-processing of release 0: each class Gaussian is split along its top
 principal axes (+/- 0.8 standard deviations, the means of a Gaussian's two halves).
 """
@@ -38,6 +44,7 @@ from tdpdm.stages.context import RunContext
 from tdpdm.stages.deconvolve import LatentMixture
 from tdpdm.stages.dp_moments import (
     VARIANCE_FLOOR,
+    MomentScales,
     MomentsPlan,
     gaussians_from_moments,
     release_moments,
@@ -51,6 +58,9 @@ ROUND_NOISE_RATIO = 3.0
 SPLIT = 0.8
 MIN_COUNT = 1.0
 """A component whose noisy count is below this is dropped (weight 0): post-processing."""
+COMPONENTS_STAGE = "mixture_components"
+MIN_COVARIANCE_COUNT = 200.0
+"""Fewer noisy records than this: a component keeps the class's shared covariance."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class MixturePlan:
     noise_multiplier: float
     rounds: int = MIXTURE_ROUNDS
     ratio: float = ROUND_NOISE_RATIO
+    component_moments: bool = False
+    """Release T+1: per-component moments (`mixture_covariance: component`)."""
 
     @property
     def round_noise_multiplier(self) -> float:
@@ -70,7 +82,13 @@ class MixturePlan:
 
     def events(self) -> list[Event]:
         first = MomentsPlan(self.noise_multiplier).events()
-        return [*first, GaussianEvent(self.round_noise_multiplier, self.rounds, MIXTURE_STAGE)]
+        rounds = GaussianEvent(self.round_noise_multiplier, self.rounds, MIXTURE_STAGE)
+        if not self.component_moments:
+            return [*first, rounds]
+        return [*first, rounds, self.components_event()]
+
+    def components_event(self) -> GaussianEvent:
+        return GaussianEvent(self.noise_multiplier, count=1, stage=COMPONENTS_STAGE)
 
 
 def _floored(cov: np.ndarray, diagonal: bool) -> np.ndarray:
@@ -127,18 +145,20 @@ def fit_dp_mixture(
     plan: MixturePlan,
     session: PrivacySession,
     key: MechanismKey,
+    scales: MomentScales | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(weights (C, K), means (C, K, d), within-class covariances (C, d, d)); records the
-    T + 1 releases on `session`."""
+    """(weights (C, K), means (C, K, d), covariances (C, K, d, d)); records the planned
+    releases on `session`."""
     z = np.clip(np.asarray(z, dtype=np.float64), -1.0, 1.0)
     labels = np.asarray(labels, dtype=np.int64)
     d, diagonal = z.shape[1], covariance == "diagonal"
+    scales = scales or MomentScales.for_latent(d)
     moments = MomentsPlan(plan.noise_multiplier)
     noisy = release_moments(
         z, labels, num_classes=num_classes, covariance=covariance, plan=moments,
-        session=session, key=key.child("moments"),
+        session=session, key=key.child("moments"), scales=scales,
     )  # fmt: skip
-    class_means, class_covs = gaussians_from_moments(noisy, d, covariance)
+    class_means, class_covs = gaussians_from_moments(noisy, d, covariance, scales)
     # Everything below until the next release is post-processing of released values.
     weights = np.full((num_classes, components), 1.0 / components)
     means = np.stack([initial_means(class_means[c], class_covs[c], components)
@@ -167,7 +187,52 @@ def fit_dp_mixture(
             dev = means[c] - centre
             between = (dev * weights[c][:, None]).T @ dev
             covs[c] = _floored(class_covs[c] - between, diagonal)
+    covs = np.repeat(covs[:, None], components, axis=1)
+    if plan.component_moments:
+        weights, means, covs = _component_gaussians(
+            z, labels, weights, means, covs, covariance=covariance, plan=plan, scales=scales,
+            session=session, key=key.child("components"),
+        )  # fmt: skip
     return weights, means, covs
+
+
+def _component_gaussians(z, labels, weights, means, covs, *, covariance, plan, scales, session,
+                         key):  # fmt: skip
+    """Release T+1 (see the module docstring): one Gaussian per (class, component) read off
+    per-component moments; the assignment uses only the round-T model (released values)."""
+    classes, components, d = means.shape
+    comp = np.zeros(len(z), dtype=np.int64)
+    for c in range(classes):
+        rows = labels == c
+        if rows.any():
+            log_w = np.log(np.maximum(weights[c], 1e-300))
+            comp[rows] = assign(z[rows], means[c], log_w, covs[c, 0])
+    noisy = release_moments(
+        z, labels * components + comp, num_classes=classes * components, covariance=covariance,
+        plan=MomentsPlan(plan.noise_multiplier), session=_Relabelled(session, plan), key=key,
+        scales=scales,
+    )  # fmt: skip
+    comp_means, comp_covs = gaussians_from_moments(noisy, d, covariance, scales)
+    counts = (noisy[:, 0] / scales.count).reshape(classes, components)
+    usable = (counts >= MIN_COVARIANCE_COUNT)[..., None]
+    means = np.where(usable, comp_means.reshape(classes, components, d), means)
+    covs = np.where(usable[..., None], comp_covs.reshape(classes, components, d, d), covs)
+    alive = counts >= MIN_COUNT
+    for c in range(classes):
+        w = np.where(alive[c], counts[c], 0.0)
+        if w.sum() > 0:
+            weights[c] = w / w.sum()
+    return weights, means, covs
+
+
+class _Relabelled:
+    """Records release T+1 under its own stage name (dp-moments' release records its own)."""
+
+    def __init__(self, session: PrivacySession, plan: MixturePlan) -> None:
+        self.session, self.plan = session, plan
+
+    def record(self, event: Event) -> None:
+        self.session.record(self.plan.components_event())
 
 
 def mixture_model(weights: np.ndarray, means: np.ndarray, covs: np.ndarray) -> LatentMixture:
@@ -176,7 +241,9 @@ def mixture_model(weights: np.ndarray, means: np.ndarray, covs: np.ndarray) -> L
     model = LatentMixture(classes * k, d, classes)
     model.log_weights.copy_(torch.from_numpy(np.log(np.maximum(weights, 1e-12))).float().ravel())
     model.means.copy_(torch.from_numpy(means.reshape(-1, d)).float())
-    chol = np.repeat(np.linalg.cholesky(covs), k, axis=0)
+    if covs.ndim == 3:  # one covariance a class, shared by its components
+        covs = np.repeat(covs[:, None], k, axis=1)
+    chol = np.linalg.cholesky(covs.reshape(-1, d, d))
     model.scale_tril.copy_(torch.from_numpy(chol).float())
     model.class_shares.copy_(torch.from_numpy(np.repeat(np.eye(classes), k, axis=0)).float())
     return model
@@ -191,10 +258,12 @@ class DPMixture:
     def plan(
         self, cfg: RunConfig, n_records: int, adjacency: Adjacency, delta: float, spent: list[Event]
     ) -> MixturePlan:
+        per_component = cfg.stage2.mixture_covariance == "component"
         sigma = calibrate_noise(
-            lambda s: MixturePlan(s).events(), cfg.epsilon, delta, adjacency, fixed_events=spent
-        )
-        return MixturePlan(sigma)
+            lambda s: MixturePlan(s, component_moments=per_component).events(),
+            cfg.epsilon, delta, adjacency, fixed_events=spent,
+        )  # fmt: skip
+        return MixturePlan(sigma, component_moments=per_component)
 
     def fit(self, ctx: RunContext, data, plan, session) -> LatentMixture:
         if not isinstance(plan, MixturePlan) or session is None:
@@ -203,8 +272,8 @@ class DPMixture:
         k, covariance = s2.mixture_components, s2.moments_covariance
         ctx.log(
             f"stage 2: DP class mixture ({k} components a class, {plan.rounds} hard-EM rounds, "
-            f"{covariance} within-class covariance, sigma {plan.noise_multiplier:.3f} then "
-            f"{plan.round_noise_multiplier:.3f})"
+            f"{covariance} covariance per {s2.mixture_covariance}, sigma "
+            f"{plan.noise_multiplier:.3f} then {plan.round_noise_multiplier:.3f})"
         )
         with ctx.timed("dp_mixture", dp_sgd=False, components=k, rounds=plan.rounds):
             weights, means, covs = fit_dp_mixture(
@@ -216,5 +285,6 @@ class DPMixture:
                 plan=plan,
                 session=session,
                 key=MechanismKey.fresh("stage2-mixture"),
+                scales=MomentScales.for_latent(data.latents.shape[1], s2.moments_radius),
             )
         return mixture_model(weights, means, covs)

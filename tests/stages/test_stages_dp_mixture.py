@@ -154,3 +154,36 @@ def test_a_private_run_with_dp_mixture(tmp_path, shared_datasets):
     assert all(e["count"] == 1 for e in events[1:])
     assert report["privacy"]["epsilon"] <= cfg.epsilon
     assert (tmp_path / "out" / "release" / "models" / "diffusion.pt").is_file()
+
+
+def test_per_component_covariances_from_one_more_release():
+    """`mixture_covariance: component`: release T+1 gives each component its own spread (here
+    0.05 and 0.15 within one class), and is accounted as one more Gaussian event."""
+    from tdpdm.stages.dp_mixture import COMPONENTS_STAGE
+
+    rng = np.random.default_rng(3)
+    n = 6000
+    labels = rng.integers(0, 2, n)
+    comp = (rng.random(n) > TRUE_WEIGHTS[labels, 0]).astype(int)
+    spread = np.array([0.05, 0.15])[comp][:, None]
+    z = TRUE_MEANS[labels, comp] + spread * rng.normal(size=(n, 4))
+    plan, tally = MixturePlan(1e-3, component_moments=True), _Tally()
+    _, means, covs = fit_dp_mixture(
+        z, labels, num_classes=2, components=2, covariance="full", plan=plan, session=tally,
+        key=MechanismKey.fresh("test-mixture"),
+    )  # fmt: skip
+    assert covs.shape == (2, 2, 4, 4)
+    for c in range(2):
+        dist = np.linalg.norm(TRUE_MEANS[c][:, None] - means[c][None], axis=2)
+        match = dist.argmin(axis=1)
+        assert sorted(match) == [0, 1]
+        for k, want in enumerate([0.05, 0.15]):
+            got = np.sqrt(np.linalg.eigvalsh(covs[c, match[k]]).mean())
+            assert abs(got - want) < 0.3 * want, (c, k, got)
+    assert tally.events[-1] == GaussianEvent(1e-3, count=1, stage=COMPONENTS_STAGE)
+    assert plan.events()[-1] == tally.events[-1] and len(plan.events()) == 3
+    cfg = RunConfig(epsilon=4.0, stage2={"mixture_covariance": "component"})
+    spent = [PoissonGaussianEvent(1.0, sampling_rate=0.02, steps=100, stage="encoder")]
+    planned = DPMixture().plan(cfg, 10_000, Adjacency.ADD_REMOVE, 1e-5, spent)
+    total = compute_epsilon([*spent, *planned.events()], 1e-5, Adjacency.ADD_REMOVE).epsilon
+    assert planned.component_moments and 3.9 < total <= 4.0

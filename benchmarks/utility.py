@@ -90,8 +90,9 @@ def _stage2_text(report: dict[str, Any]) -> str:
     if report["mode"] == "private" and s2.get("private_model") == "dp-moments":
         radius = s2.get("moments_radius", 1.0)
         return (
-            f"stage2=dp-moments ({s2['moments_covariance']} covariance, radius {radius:g}), "
-            f"{latent}, stage1 epochs={s1['epochs']:g} batch={s1['batch_size']}"
+            f"stage2=dp-moments ({s2.get('moments_covariance', 'full')} covariance, radius "
+            f"{radius:g}), {latent}, stage1 epochs={s1.get('epochs', '?')} "
+            f"batch={s1.get('batch_size', '?')}"
         )
     if report["mode"] == "private":
         return f"stage2=DP-SGD diffusion, {latent}"

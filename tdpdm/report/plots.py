@@ -157,7 +157,12 @@ def report_variant(report: Mapping[str, Any]) -> str | None:
     mechanism = config.get("stage1", {}).get("mechanism", "dpsgd-autoencoder")
     stage1 = None if mechanism == "dpsgd-autoencoder" else str(mechanism)
     if report.get("mode") != "released":
-        return stage1
+        # The default (DP-SGD diffusion) stays unnamed, as in the rows recorded before the
+        # sufficient-statistics families existed; those get their own line.
+        private = config.get("stage2", {}).get("private_model", "diffusion")
+        if private == "diffusion":
+            return stage1
+        return f"{stage1} + {private}" if stage1 else str(private)
     stage2 = str(config.get("stage2", {}).get("released_model", "diffusion"))
     return f"{stage1} + {stage2}" if stage1 else stage2
 

@@ -91,6 +91,9 @@ def test_row_has_the_protocol_fields_and_the_gpu_name() -> None:
     assert "| 91.00 |" in line and "latent_release:gaussian(sigma=1.12)" in line
     cpu = utility.row_of(_report("private", "cpu", "Xeon"))
     assert cpu["hardware"] == "CPU x16 (Xeon)" and cpu["variant"] is None
+    moments = _report("private", "cpu", "Xeon")
+    moments["config"]["stage2"]["private_model"] = "dp-moments"
+    assert utility.row_of(moments)["variant"] == "dp-moments"  # its own line on the plot
 
 
 @pytest.mark.skipif(

@@ -117,3 +117,20 @@ def test_benchmark_never_imports_ray() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_cpu_table_summary_averages_seeds_and_skips_other_rows(tmp_path) -> None:
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_table_summary.py"
+    spec = importlib.util.spec_from_file_location("bench_cpu_summary", path)
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    base = {"mode": "private", "n_records": 60000, "synthetic_count": 60000,
+            "notes": "stage2=dp-moments (full covariance)", "hardware": "CPU x2 (EPYC)",
+            "dataset": "mnist", "target_epsilon": 10.0, "inception_score": 5.0,
+            "classifier_fd": 100.0, "pipeline_time_s": 300.0, "commit": "abc"}  # fmt: skip
+    rows = [base | {"seed": s, "accuracy": a} for s, a in ((0, 0.94), (1, 0.95), (2, 0.96))]
+    rows.append(base | {"seed": 0, "accuracy": 0.10, "n_records": 10000})  # a subset run
+    kept = [r for r in rows if summary.is_cpu_row(r, None)]
+    assert len(kept) == 3 and not summary.is_cpu_row(rows[0], {"other"})
+    line = summary.summary(kept).splitlines()[2]
+    assert line.startswith("| mnist | 10 | 0,1,2 | 95.00 ± 1.00 | 96.0 |")

@@ -22,11 +22,10 @@ from tdpdm.data import storage
 from tdpdm.data.errors import DataError
 from tdpdm.data.sources import (
     MAX_RECORDS,
-    DataSource,
+    FileSource,
     SourceInfo,
     check_classes,
     check_label_range,
-    check_name,
 )
 from tdpdm.data.transform import MAX_FILE_BYTES, Header, ImageTransform, probe
 from tdpdm.data.units import unit_ids
@@ -95,22 +94,8 @@ def _check_schema(schema: pa.Schema, where: str) -> bool:
     return True
 
 
-class HFParquetSource(DataSource):
+class HFParquetSource(FileSource):
     """One Parquet file or a folder of shards in the Hugging Face image layout."""
-
-    def __init__(
-        self,
-        uri: str,
-        *,
-        name: str,
-        image_size: int,
-        classes: tuple[str, ...] | None = None,
-        channels: int | None = None,
-    ) -> None:
-        self.uri, self.name = uri, check_name(name, storage.redact(uri))
-        self.image_size, self.channels = image_size, channels
-        self.declared = check_classes(classes, storage.redact(uri))
-        self._info: SourceInfo | None = None
 
     def _files(self) -> list[str]:
         return parquet_files(self.uri)

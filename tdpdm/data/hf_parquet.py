@@ -27,7 +27,7 @@ from tdpdm.data.sources import (
     check_classes,
     check_label_range,
 )
-from tdpdm.data.transform import MAX_FILE_BYTES, Header, ImageTransform, probe
+from tdpdm.data.transform import MAX_FILE_BYTES, Header, ImageTransform, probe, same_size
 from tdpdm.data.units import unit_ids
 
 #: Largest Parquet file read (images are in it).
@@ -144,13 +144,7 @@ class HFParquetSource(FileSource):
                 if len(blob) > MAX_FILE_BYTES:
                     raise DataError(f"{where}: an image of {len(blob)} bytes is over the limit")
                 header = probe(blob, f"{where} (an image)")
-                if first is None:
-                    first = header
-                elif (header.width, header.height) != (first.width, first.height):
-                    raise DataError(
-                        f"{where}: an image is {header.width}x{header.height}, the first is "
-                        f"{first.width}x{first.height}: every image must have one size"
-                    )
+                first = same_size(first, header, where)
                 grey = grey and header.channels == 1
         if total == 0:
             raise DataError(f"{storage.redact(self.uri)}: no rows")

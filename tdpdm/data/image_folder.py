@@ -32,6 +32,7 @@ from tdpdm.data.transform import (
     Header,
     ImageTransform,
     probe_file,
+    same_size,
 )
 
 T = TypeVar("T")
@@ -42,17 +43,8 @@ READERS = 8
 class ImageFolderSource(FileSource):
     """Class-subfolder (or flat, unlabelled) image folder at `uri`."""
 
-    def __init__(
-        self,
-        uri: str,
-        *,
-        name: str,
-        image_size: int,
-        classes: tuple[str, ...] | None = None,
-        channels: int | None = None,
-    ) -> None:
-        super().__init__(uri, name=name, image_size=image_size, classes=classes, channels=channels)
-        self._files: list[tuple[str, int]] | None = None
+    _files: list[tuple[str, int]] | None = None
+    """(image URI, label) of every record, once listed."""
 
     def _where(self, *parts: str) -> str:
         return storage.redact(storage.join(self.uri, *parts))
@@ -120,14 +112,7 @@ class ImageFolderSource(FileSource):
         for (uri, _), header in zip(
             files, in_order(probe_file, [u for u, _ in files]), strict=True
         ):
-            where = storage.redact(uri)
-            if first is None:
-                first = header
-            elif (header.width, header.height) != (first.width, first.height):
-                raise DataError(
-                    f"{where}: image is {header.width}x{header.height}, the data set's first "
-                    f"is {first.width}x{first.height}: every image must have one size"
-                )
+            first = same_size(first, header, storage.redact(uri))
             grey = grey and header.channels == 1
         channels = self.channels or (1 if grey else 3)
         ImageTransform(channels, self.image_size)  # refuses a bad size or channel count

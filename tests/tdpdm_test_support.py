@@ -296,12 +296,12 @@ def small_evaluation_splits() -> Iterator[None]:
     """Cap the real splits the *evaluation* reads (not the private training read).
 
     The evaluator CNN otherwise trains on all 60k real images, minutes on 2 cores; the metric
-    code has its own tests. Only `tdpdm.pipeline.load_split` (used by the evaluation alone) is
+    code has its own tests. Only `tdpdm.stages.publish.load_split` (the evaluation's alone) is
     wrapped; the records the mechanisms read still come through `PrivateTrainingSet`.
     """
-    import tdpdm.pipeline as pipeline
+    import tdpdm.stages.publish as publish
 
-    real = pipeline.load_split
+    real = publish.load_split
 
     def capped(dataset: str, data_dir: str, split: str):
         images, labels = real(dataset, data_dir, split)
@@ -309,7 +309,7 @@ def small_evaluation_splits() -> Iterator[None]:
         return images[:n], labels[:n]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "load_split", capped)
+        mp.setattr(publish, "load_split", capped)
         yield
 
 

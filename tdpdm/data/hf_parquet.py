@@ -22,13 +22,12 @@ from tdpdm.data import storage
 from tdpdm.data.errors import DataError
 from tdpdm.data.sources import (
     MAX_RECORDS,
-    DataSource,
+    FileSource,
     SourceInfo,
     check_classes,
     check_label_range,
-    check_name,
 )
-from tdpdm.data.transform import MAX_FILE_BYTES, Header, ImageTransform, probe
+from tdpdm.data.transform import MAX_FILE_BYTES, Header, ImageTransform, probe, same_size
 from tdpdm.data.units import unit_ids
 
 #: Largest Parquet file read (images are in it).
@@ -95,22 +94,8 @@ def _check_schema(schema: pa.Schema, where: str) -> bool:
     return True
 
 
-class HFParquetSource(DataSource):
+class HFParquetSource(FileSource):
     """One Parquet file or a folder of shards in the Hugging Face image layout."""
-
-    def __init__(
-        self,
-        uri: str,
-        *,
-        name: str,
-        image_size: int,
-        classes: tuple[str, ...] | None = None,
-        channels: int | None = None,
-    ) -> None:
-        self.uri, self.name = uri, check_name(name, storage.redact(uri))
-        self.image_size, self.channels = image_size, channels
-        self.declared = check_classes(classes, storage.redact(uri))
-        self._info: SourceInfo | None = None
 
     def _files(self) -> list[str]:
         return parquet_files(self.uri)
@@ -159,13 +144,7 @@ class HFParquetSource(DataSource):
                 if len(blob) > MAX_FILE_BYTES:
                     raise DataError(f"{where}: an image of {len(blob)} bytes is over the limit")
                 header = probe(blob, f"{where} (an image)")
-                if first is None:
-                    first = header
-                elif (header.width, header.height) != (first.width, first.height):
-                    raise DataError(
-                        f"{where}: an image is {header.width}x{header.height}, the first is "
-                        f"{first.width}x{first.height}: every image must have one size"
-                    )
+                first = same_size(first, header, where)
                 grey = grey and header.channels == 1
         if total == 0:
             raise DataError(f"{storage.redact(self.uri)}: no rows")

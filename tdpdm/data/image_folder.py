@@ -23,10 +23,8 @@ from tdpdm.data import storage
 from tdpdm.data.errors import DataError
 from tdpdm.data.sources import (
     MAX_RECORDS,
-    DataSource,
+    FileSource,
     SourceInfo,
-    check_classes,
-    check_name,
 )
 from tdpdm.data.transform import (
     IMAGE_SUFFIXES,
@@ -34,6 +32,7 @@ from tdpdm.data.transform import (
     Header,
     ImageTransform,
     probe_file,
+    same_size,
 )
 
 T = TypeVar("T")
@@ -41,30 +40,18 @@ T = TypeVar("T")
 READERS = 8
 
 
-class ImageFolderSource(DataSource):
-    """Class-subfolder (or flat, unlabelled) image folder at `root`."""
+class ImageFolderSource(FileSource):
+    """Class-subfolder (or flat, unlabelled) image folder at `uri`."""
 
-    def __init__(
-        self,
-        root: str,
-        *,
-        name: str,
-        image_size: int,
-        classes: tuple[str, ...] | None = None,
-        channels: int | None = None,
-    ) -> None:
-        self.root, self.name = root, check_name(name, storage.redact(root))
-        self.image_size, self.channels = image_size, channels
-        self.declared = check_classes(classes, storage.redact(root))
-        self._files: list[tuple[str, int]] | None = None
-        self._info: SourceInfo | None = None
+    _files: list[tuple[str, int]] | None = None
+    """(image URI, label) of every record, once listed."""
 
     def _where(self, *parts: str) -> str:
-        return storage.redact(storage.join(self.root, *parts))
+        return storage.redact(storage.join(self.uri, *parts))
 
     def _listing(self) -> tuple[list[tuple[str, int]], tuple[str, ...] | None]:
         """(file URI, class index) of every record, and the class names (None: unlabelled)."""
-        entries = [(n, d) for n, d in storage.list_entries(self.root) if not n.startswith(".")]
+        entries = [(n, d) for n, d in storage.list_entries(self.uri) if not n.startswith(".")]
         folders = [n for n, is_dir in entries if is_dir]
         loose = [n for n, is_dir in entries if not is_dir]
         if folders and loose:
@@ -77,7 +64,7 @@ class ImageFolderSource(DataSource):
                 raise DataError(
                     f"{self._where()}: classes were declared but there are no class folders"
                 )
-            return [(storage.join(self.root, n), 0) for n in self._images(loose, ())], None
+            return [(storage.join(self.uri, n), 0) for n in self._images(loose, ())], None
         classes = self.declared if self.declared is not None else tuple(folders)
         for folder in folders:
             if folder not in classes:
@@ -91,7 +78,7 @@ class ImageFolderSource(DataSource):
                 raise DataError(f"{self._where(cls)}: declared class {cls!r} has no folder")
             inside = [
                 (n, d)
-                for n, d in storage.list_entries(storage.join(self.root, cls))
+                for n, d in storage.list_entries(storage.join(self.uri, cls))
                 if not n.startswith(".")
             ]
             nested = [n for n, d in inside if d]
@@ -100,7 +87,7 @@ class ImageFolderSource(DataSource):
             names = self._images([n for n, _ in inside], (cls,))
             if not names:
                 raise DataError(f"{self._where(cls)}: class folder {cls!r} is empty")
-            files.extend((storage.join(self.root, cls, n), index) for n in names)
+            files.extend((storage.join(self.uri, cls, n), index) for n in names)
         return files, classes
 
     def _images(self, names: list[str], parent: tuple[str, ...]) -> list[str]:
@@ -125,14 +112,7 @@ class ImageFolderSource(DataSource):
         for (uri, _), header in zip(
             files, in_order(probe_file, [u for u, _ in files]), strict=True
         ):
-            where = storage.redact(uri)
-            if first is None:
-                first = header
-            elif (header.width, header.height) != (first.width, first.height):
-                raise DataError(
-                    f"{where}: image is {header.width}x{header.height}, the data set's first "
-                    f"is {first.width}x{first.height}: every image must have one size"
-                )
+            first = same_size(first, header, storage.redact(uri))
             grey = grey and header.channels == 1
         channels = self.channels or (1 if grey else 3)
         ImageTransform(channels, self.image_size)  # refuses a bad size or channel count

@@ -18,12 +18,10 @@ from tdpdm.data import storage
 from tdpdm.data.errors import DataError
 from tdpdm.data.sources import (
     MAX_RECORDS,
-    DataSource,
+    FileSource,
     SourceInfo,
     channels_first,
-    check_classes,
     check_label_range,
-    check_name,
     to_nchw,
 )
 from tdpdm.data.transform import ImageTransform
@@ -56,23 +54,8 @@ def _header(archive: zipfile.ZipFile, member: str, where: str) -> tuple[np.dtype
     return dtype, tuple(shape)
 
 
-class NpzSource(DataSource):
+class NpzSource(FileSource):
     """`images` and optional `labels` arrays in one `.npz` file."""
-
-    def __init__(
-        self,
-        uri: str,
-        *,
-        name: str,
-        image_size: int,
-        classes: tuple[str, ...] | None = None,
-        channels: int | None = None,
-    ) -> None:
-        self.uri, self.name = uri, check_name(name, storage.redact(uri))
-        self.where = storage.redact(uri)
-        self.image_size, self.channels = image_size, channels
-        self.declared = check_classes(classes, self.where)
-        self._info: SourceInfo | None = None
 
     def _archive(self) -> zipfile.ZipFile:
         raw = storage.read_bytes(self.uri, max_bytes=MAX_NPZ_BYTES)

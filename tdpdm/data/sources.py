@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tdpdm.data import storage
 from tdpdm.data.catalog import DATASETS, get_spec
 from tdpdm.data.errors import DataError
 from tdpdm.data.loader import check_split_headers, load_split
@@ -95,6 +96,27 @@ class DataSource(ABC):
         """Private, under a grant only: each record's unit id (int, (N,)), in `read` order."""
         self.check_units(by)
         raise NotImplementedError
+
+
+class FileSource(DataSource):
+    """A custodian's own data at one URI (a file or a folder), with what the custodian declares
+    about it: the ledger name, the image size, the class names, the channels. Every file format
+    takes these the same way; `describe` fills `_info` once."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        name: str,
+        image_size: int,
+        classes: tuple[str, ...] | None = None,
+        channels: int | None = None,
+    ) -> None:
+        self.uri, self.where = uri, storage.redact(uri)
+        self.name = check_name(name, self.where)
+        self.image_size, self.channels = image_size, channels
+        self.declared = check_classes(classes, self.where)
+        self._info: SourceInfo | None = None
 
 
 def check_name(name: str, source: str) -> str:

@@ -332,19 +332,6 @@ def list_entries(uri: str) -> list[tuple[str, bool]]:
 
 
 def listdir(uri: str) -> list[str]:
-    """Sorted entry names (not full paths) directly inside a directory."""
-    fs, path = resolve(uri)
-    try:
-        if not fs.isdir(path):
-            problem = "not a directory" if fs.exists(path) else "directory not found"
-            raise _fail(uri, problem)
-        entries = fs.ls(path, detail=False)
-    except DataError:
-        raise
-    except FileNotFoundError as exc:
-        raise _fail(uri, "directory not found") from exc
-    except Exception as exc:
-        raise _fail(uri, "cannot list directory", exc) from exc
-    names = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries}
-    names.discard("")
-    return sorted(names)
+    """Sorted entry names (not full paths) directly inside a directory (`list_entries`'s
+    listing: fresh, and without the prefix itself that some stores list)."""
+    return [name for name, _ in list_entries(uri)]

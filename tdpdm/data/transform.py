@@ -80,6 +80,17 @@ def probe(blob: bytes, source: str) -> Header:
 HEAD_BYTES = 256 << 10
 
 
+def same_size(first: Header | None, header: Header, where: str) -> Header:
+    """The data set's first header, refusing `header` if its image has another size: every
+    input format reads images of one size (the transform then resizes them all alike)."""
+    if first is not None and (header.width, header.height) != (first.width, first.height):
+        raise DataError(
+            f"{where}: an image is {header.width}x{header.height}, the data set's first is "
+            f"{first.width}x{first.height}: every image must have one size"
+        )
+    return header if first is None else first
+
+
 def probe_file(uri: str) -> Header:
     """`probe` on the head of a stored image file: the pixel payload beyond it is not read
     before the charge (the whole file only when its metadata outgrows the head)."""

@@ -40,7 +40,7 @@ from tdpdm.privacy.ledger import Charge, Ledger
 from tdpdm.privacy.randomness import MechanismKey, bernoulli_roles
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.diffuse import train_diffusion
-from tdpdm.stages.dpsgd import DPSGDPlan
+from tdpdm.stages.dpsgd_plan import DPSGDPlan
 from tdpdm.stages.latents_io import read_latents
 
 TUNABLE = ("lr", "hidden", "depth", "ema_decay", "label_dropout", "noise_draws")

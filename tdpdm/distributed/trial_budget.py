@@ -46,7 +46,7 @@ from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.calibration import calibrate_noise
 from tdpdm.privacy.events import Event, GaussianEvent
 from tdpdm.privacy.ledger import OPEN, BudgetExceededError, Charge, Ledger, LedgerError
-from tdpdm.stages.dpsgd import DPSGDPlan
+from tdpdm.stages.dpsgd_plan import DPSGDPlan
 
 TRIAL_STAGE = "diffusion"
 SCORE_STAGE = "tune_score"

@@ -10,8 +10,9 @@ routine and cross-checks work with either.
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Sequence
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,7 +170,11 @@ def accountant_name(adjacency: Adjacency) -> str:
 def compute_epsilon(
     events: Sequence[Event], delta: float, adjacency: Adjacency | str
 ) -> EpsilonBound:
-    """Upper bound on epsilon at `delta` for all `events` composed under `adjacency`."""
+    """Upper bound on epsilon at `delta` for all `events` composed under `adjacency`.
+
+    Memoised (`memo_accountant`): the ledger, calibration and the report ask for the same
+    composition many times over, and one PRV/PLD evaluation costs about a second.
+    """
     adjacency = Adjacency.parse(adjacency)
     if not (0.0 < delta < 1.0):
         raise ValueError(f"delta must be in (0, 1), got {delta}")
@@ -178,14 +183,83 @@ def compute_epsilon(
         return EpsilonBound(0.0, delta, adjacency, accountant_name(adjacency))
     _check_composition_count(live)
     name = accountant_name(adjacency)
-    accountant = make_accountant(adjacency)
+    accountant = memo_accountant(adjacency)
     accountant.compose(to_dp_event(live))
     epsilon = float(accountant.get_epsilon(delta))
-    if getattr(accountant, "fell_back", False):
+    if accountant.fell_back:
         name = "dp-accounting PLD, add/remove, pessimistic (upper bound; PRV fallback)"
     if math.isnan(epsilon):
         raise ArithmeticError(f"accountant returned NaN for {live}")
     return EpsilonBound(epsilon, delta, adjacency, name)
+
+
+def memo_accountant(
+    adjacency: Adjacency, eps_error: float = PRV_EPS_ERROR, pld_interval: float = 1e-4
+) -> MemoAccountant:
+    """`make_accountant(adjacency, eps_error, pld_interval)`, memoised."""
+    return MemoAccountant(
+        ("primary", adjacency.value, eps_error, pld_interval),
+        lambda: make_accountant(adjacency, eps_error, pld_interval),
+        adjacency.to_dp_accounting(),
+    )
+
+
+class MemoAccountant(PrivacyAccountant):
+    """A fresh accountant from `make` whose epsilons are remembered across instances.
+
+    It keeps what it is asked to compose; `get_epsilon` looks the answer up by `kind` (which
+    accountant, at which precision), those events in order (their exact `repr`) and delta, and
+    only on a miss composes them, in the same order, into `make()` and asks it. Accountants are
+    deterministic, so a hit is the very figure a fresh accountant gives. `kind` must name
+    everything that `make` depends on.
+    """
+
+    def __init__(
+        self, kind: Hashable, make: Callable[[], PrivacyAccountant], relation: NeighboringRelation
+    ) -> None:
+        super().__init__(relation)
+        self._kind, self._make = kind, make
+        self._composed: list[tuple[dp_event.DpEvent, int]] = []
+        self.fell_back = False
+
+    def _maybe_compose(
+        self, event: dp_event.DpEvent, count: int, do_compose: bool
+    ) -> PrivacyAccountant.CompositionErrorDetails | None:
+        # Support is the inner accountant's to judge: an event it refuses is never in the memo,
+        # so `get_epsilon` always reaches `make().compose`, which raises UnsupportedEventError.
+        if do_compose:
+            self._composed.append((event, count))
+        return None
+
+    def get_epsilon(self, target_delta: float) -> float:
+        key = (self._kind, repr(self._composed), float(target_delta))
+        with _MEMO_LOCK:
+            hit = _MEMO.get(key)
+            if hit is not None:
+                _MEMO.move_to_end(key)
+        if hit is None:
+            inner = self._make()
+            for event, count in self._composed:
+                inner.compose(event, count)
+            hit = (float(inner.get_epsilon(target_delta)), bool(getattr(inner, "fell_back", False)))
+            with _MEMO_LOCK:
+                _MEMO[key] = hit
+                while len(_MEMO) > MEMO_SIZE:
+                    _MEMO.popitem(last=False)
+        self.fell_back = hit[1]
+        return hit[0]
+
+
+MEMO_SIZE = 1024
+"""Epsilons remembered (least recently used dropped first); an entry is a few hundred bytes."""
+_MEMO: OrderedDict[tuple[Hashable, str, float], tuple[float, bool]] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+
+
+def clear_epsilon_memo() -> None:
+    """Forget every memoised epsilon (for tests that count accountant constructions)."""
+    with _MEMO_LOCK:
+        _MEMO.clear()
 
 
 MAX_COMPOSITIONS = 2_000_000

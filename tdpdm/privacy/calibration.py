@@ -5,7 +5,10 @@ project's own accountant (PRV upper bound, or pessimistic PLD under replace-one)
 returned noise never gives an upper bound above the target. PRV is slow and fragile far from the
 answer, so the search runs in three passes: a coarse PLD pass finds a bracket, PRV with a wider
 error band (its upper bound is looser, so still safe) finds the root inside it, and the reported
-accountant at full precision confirms it. Nothing here reads data.
+accountant at full precision confirms it. Every pass asks memoised accountants
+(`accountant.MemoAccountant`): the passes and the root finder meet the same noise again (a
+bracket end, the last probe), and a repeat costs a lookup instead of a PRV run. Nothing here
+reads data.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dp_accounting import mechanism_calibration
 from dp_accounting.pld import pld_privacy_accountant
 
 from tdpdm.privacy import calibration_cache
-from tdpdm.privacy.accountant import compute_epsilon, make_accountant
+from tdpdm.privacy.accountant import MemoAccountant, compute_epsilon, memo_accountant
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.events import Event, to_dp_event
 
@@ -25,6 +28,8 @@ MIN_NOISE = 0.3
 MAX_NOISE = 500.0
 SEARCH_EPS_ERROR = 0.05
 """PRV error band during the search; the final check uses the reporting precision."""
+COARSE_PLD_INTERVAL = 1e-2
+"""PLD grid of the bracketing pass."""
 
 
 class ImpossibleBudgetError(ValueError):
@@ -73,11 +78,17 @@ def calibrate_noise(
             tol=tol,
         )
 
-    def coarse_accountant():
+    def coarse_accountant() -> MemoAccountant:
         # Pessimistic PLD on a coarse grid: fast, robust at any noise, and close enough to
         # bracket the root for the reporting accountant.
-        return pld_privacy_accountant.PLDAccountant(
-            neighboring_relation=adjacency.to_dp_accounting(), value_discretization_interval=1e-2
+        relation = adjacency.to_dp_accounting()
+        return MemoAccountant(
+            ("coarse-pld", relation, COARSE_PLD_INTERVAL),
+            lambda: pld_privacy_accountant.PLDAccountant(
+                neighboring_relation=relation,
+                value_discretization_interval=COARSE_PLD_INTERVAL,
+            ),
+            relation,
         )
 
     def coarse(sigma: float) -> float:
@@ -103,7 +114,7 @@ def calibrate_noise(
         guess = search(coarse_accountant, low, high, 1e-2 * low)
     # The fine root lies close to the coarse one; widen only if it does not.
     low, high = max(MIN_NOISE, guess * 0.9), guess * 1.05
-    fine = lambda: make_accountant(adjacency, SEARCH_EPS_ERROR, 1e-3)  # noqa: E731
+    fine = lambda: memo_accountant(adjacency, SEARCH_EPS_ERROR, 1e-3)  # noqa: E731
     while fine().compose(to_dp_event(events_at(high))).get_epsilon(delta) > target_epsilon:
         low, high = high, high * 1.25
         if high > MAX_NOISE:
@@ -123,7 +134,7 @@ def calibrate_noise(
         if reported_epsilon(low) <= target_epsilon:
             sigma = low
         else:
-            sigma = search(lambda: make_accountant(adjacency), low, high, rel_tol * low)
+            sigma = search(lambda: memo_accountant(adjacency), low, high, rel_tol * low)
     while reported_epsilon(sigma) > target_epsilon:
         sigma *= 1 + rel_tol
     calibration_cache.store(key, sigma)

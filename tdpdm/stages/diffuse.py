@@ -20,7 +20,8 @@ from tdpdm.config import Stage2Config
 from tdpdm.models.diffusion import LatentDenoiser, diffusion_loss
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
-from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
+from tdpdm.stages.dpsgd import StepCallback, train_dpsgd
+from tdpdm.stages.dpsgd_plan import DPSGDPlan
 
 
 class EMA:

@@ -16,7 +16,8 @@ from tdpdm.config import RunConfig, Stage1Config
 from tdpdm.models.autoencoder import ConvAutoencoder, LatentAutoencoder, SpatialAutoencoder
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
-from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
+from tdpdm.stages.dpsgd import StepCallback, train_dpsgd
+from tdpdm.stages.dpsgd_plan import DPSGDPlan
 
 
 def model_shape(cfg: RunConfig) -> tuple[int, int]:

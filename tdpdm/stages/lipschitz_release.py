@@ -41,7 +41,8 @@ from tdpdm.models.lipschitz_vae import INPUT_DIAMETER, LipschitzVAE, input_diame
 from tdpdm.privacy.events import GaussianEvent
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
-from tdpdm.stages.dpsgd import DPSGDPlan, StepCallback, train_dpsgd
+from tdpdm.stages.dpsgd import StepCallback, train_dpsgd
+from tdpdm.stages.dpsgd_plan import DPSGDPlan
 from tdpdm.stages.encode import images_to_tensor, model_shape
 
 DESIGN_BOUND = 1.0

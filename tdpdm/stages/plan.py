@@ -19,7 +19,7 @@ from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.adjacency import Adjacency
 from tdpdm.privacy.calibration import ImpossibleBudgetError, calibrate_noise
 from tdpdm.privacy.events import Event, GaussianEvent
-from tdpdm.stages.dpsgd import DPSGDPlan
+from tdpdm.stages.dpsgd_plan import DPSGDPlan
 
 ENCODER, DIFFUSION, RELEASE = "encoder", "diffusion", "latent_release"
 LIPSCHITZ_VAE, LIPSCHITZ_RELEASE = "lipschitz_vae", "lipschitz_release"

@@ -27,7 +27,8 @@ from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages import lipschitz_release as lipschitz
 from tdpdm.stages.artifacts import save_model
 from tdpdm.stages.context import RunContext
-from tdpdm.stages.dpsgd import DPSGDPlan, LossFn, train_dpsgd
+from tdpdm.stages.dpsgd import LossFn, train_dpsgd
+from tdpdm.stages.dpsgd_plan import DPSGDPlan
 from tdpdm.stages.encode import (
     build_autoencoder,
     encode,

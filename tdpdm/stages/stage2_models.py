@@ -28,7 +28,7 @@ from tdpdm.stages.deconvolve import fit_release_model
 from tdpdm.stages.diffuse import train_diffusion
 from tdpdm.stages.dp_mixture import DPMixture
 from tdpdm.stages.dp_moments import DPMoments
-from tdpdm.stages.dpsgd import DPSGDPlan
+from tdpdm.stages.dpsgd_plan import DPSGDPlan
 from tdpdm.stages.plan import DIFFUSION, Stage2Plan
 
 

@@ -23,9 +23,10 @@ from privacy_support import (
     replace_one_reference_epsilon,
 )
 
+from tdpdm.privacy import accountant
 from tdpdm.privacy.accountant import compute_epsilon, pld_epsilon
 from tdpdm.privacy.adjacency import Adjacency
-from tdpdm.privacy.events import GaussianEvent, PoissonGaussianEvent
+from tdpdm.privacy.events import GaussianEvent, PoissonGaussianEvent, to_dp_event
 
 ADD_REMOVE = NeighboringRelation.ADD_OR_REMOVE_ONE
 
@@ -146,3 +147,31 @@ def test_bad_delta_rejected(delta: float) -> None:
 def test_unknown_adjacency_rejected() -> None:
     with pytest.raises(ValueError, match="adjacency"):
         compute_epsilon([GaussianEvent(1.0)], DELTA, "swap_two")
+
+
+def test_memoised_epsilon_equals_a_fresh_one_and_builds_no_second_accountant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [PoissonGaussianEvent(1.1, 0.03, 200, "encoder"), GaussianEvent(4.0, 1, "release")]
+    accountant.clear_epsilon_memo()
+    built = []
+    real = accountant.make_accountant
+    monkeypatch.setattr(
+        accountant, "make_accountant", lambda *a, **k: built.append(a) or real(*a, **k)
+    )
+    first = compute_epsilon(events, DELTA, "add_remove")
+    # The same mechanisms under other stage labels: the same question.
+    relabelled = [PoissonGaussianEvent(1.1, 0.03, 200, "x"), GaussianEvent(4.0, 1, "y")]
+    second = compute_epsilon(relabelled, DELTA, Adjacency.ADD_REMOVE)
+    assert len(built) == 1
+    assert second == first
+    fresh = real(Adjacency.ADD_REMOVE)
+    fresh.compose(to_dp_event(events))
+    assert first.epsilon == float(fresh.get_epsilon(DELTA))
+    # Anything that changes the figure is another key: delta, adjacency, the mechanisms, order.
+    compute_epsilon(events, DELTA / 10, "add_remove")
+    compute_epsilon(events, DELTA, "replace_one")
+    compute_epsilon(events[:1], DELTA, "add_remove")
+    compute_epsilon(events[::-1], DELTA, "add_remove")
+    assert len(built) == 5
+    assert compute_epsilon(events, DELTA, "add_remove") == first and len(built) == 5

@@ -20,8 +20,6 @@ EXIT_INTERNAL = 1
 EXIT_AUDIT_REFUTED = 4
 
 
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from tdpdm.api import Synthesizer
     from tdpdm.config import load_config

@@ -197,8 +197,14 @@ def test_rayjob_takes_your_own_data(tmp_path) -> None:
     }
     sets = [arg for key, value in own.items() for arg in ("--set", f"{key}={value}")]
     text = run_helm(
-        "template", "tdpdm", str(CHART), "--namespace", NAMESPACE,
-        "-f", str(values_file("rayjob")), *sets,
+        "template",
+        "tdpdm",
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "-f",
+        str(values_file("rayjob")),
+        *sets,
     ).stdout
     entrypoint = one([d for d in yaml.safe_load_all(text) if d], "RayJob")["spec"]["entrypoint"]
     argv = shlex.split(entrypoint)
@@ -208,7 +214,10 @@ def test_rayjob_takes_your_own_data(tmp_path) -> None:
     overrides.pop("config", None)
     cfg = load_config(None, overrides)
     assert (cfg.data, cfg.dataset, cfg.image_size, cfg.channels) == (
-        "s3://hospital/xrays/", "xrays", 64, 3
+        "s3://hospital/xrays/",
+        "xrays",
+        64,
+        3,
     )
     assert cfg.classes == ("normal", "pneumonia") and cfg.data_test == "s3://hospital/xrays-test/"
     assert (cfg.privacy_unit, cfg.records_per_unit) == ("patient_id", 3)
@@ -216,7 +225,11 @@ def test_rayjob_takes_your_own_data(tmp_path) -> None:
 
 def test_own_data_values_are_refused_by_the_schema_when_unsafe() -> None:
     bad = run_helm(
-        "template", "tdpdm", str(CHART), "--set", "pipeline.data=s3://x/a;rm -rf",
+        "template",
+        "tdpdm",
+        str(CHART),
+        "--set",
+        "pipeline.data=s3://x/a;rm -rf",
         check=False,
     )
     assert bad.returncode != 0 and "pipeline" in bad.stderr and "data" in bad.stderr

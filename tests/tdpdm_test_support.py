@@ -398,3 +398,13 @@ def helm_env(home: Path) -> dict[str, str]:
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_DATA_HOME": str(home / "data"),
     }
+
+
+class EventTally:
+    """A stand-in privacy session for unit tests of one mechanism: it keeps what is recorded."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def record(self, event) -> None:
+        self.events.append(event)

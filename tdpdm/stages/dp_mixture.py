@@ -118,6 +118,17 @@ def assign(z: np.ndarray, means: np.ndarray, log_w: np.ndarray, cov: np.ndarray)
     return np.argmin(cost, axis=1)
 
 
+def assign_classes(z, labels, weights, means, class_covs) -> np.ndarray:
+    """Each record's component within its own class, under the last released model."""
+    comp = np.zeros(len(z), dtype=np.int64)
+    for c in range(len(means)):
+        rows = labels == c
+        if rows.any():
+            log_w = np.log(np.maximum(weights[c], 1e-300))
+            comp[rows] = assign(z[rows], means[c], log_w, class_covs[c])
+    return comp
+
+
 def round_features(z: np.ndarray) -> np.ndarray:
     """(n, 1 + d) per-record vectors [1, z / sqrt(d)] / sqrt(2), of norm <= 1."""
     z = np.clip(np.asarray(z, dtype=np.float64), -1.0, 1.0)
@@ -165,12 +176,7 @@ def fit_dp_mixture(
                       for c in range(num_classes)])  # fmt: skip
     covs = class_covs.copy()
     for t in range(plan.rounds):
-        comp = np.zeros(len(z), dtype=np.int64)
-        for c in range(num_classes):
-            rows = labels == c
-            log_w = np.log(np.maximum(weights[c], 1e-300))
-            if rows.any():
-                comp[rows] = assign(z[rows], means[c], log_w, covs[c])
+        comp = assign_classes(z, labels, weights, means, covs)
         table = release_round(
             z, labels, comp, num_classes=num_classes, components=components, plan=plan,
             session=session, key=key.child("round", t),
@@ -201,12 +207,7 @@ def _component_gaussians(z, labels, weights, means, covs, *, covariance, plan, s
     """Release T+1 (see the module docstring): one Gaussian per (class, component) read off
     per-component moments; the assignment uses only the round-T model (released values)."""
     classes, components, d = means.shape
-    comp = np.zeros(len(z), dtype=np.int64)
-    for c in range(classes):
-        rows = labels == c
-        if rows.any():
-            log_w = np.log(np.maximum(weights[c], 1e-300))
-            comp[rows] = assign(z[rows], means[c], log_w, covs[c, 0])
+    comp = assign_classes(z, labels, weights, means, covs[:, 0])
     noisy = release_moments(
         z, labels * components + comp, num_classes=classes * components, covariance=covariance,
         plan=MomentsPlan(plan.noise_multiplier), session=_Relabelled(session, plan), key=key,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tdpdm_test_support import tiny_run_overrides
+from tdpdm_test_support import EventTally, tiny_run_overrides
 
 from tdpdm.config import RunConfig
 from tdpdm.privacy.accountant import compute_epsilon
@@ -23,15 +23,6 @@ from tdpdm.stages.dp_mixture import (
     round_features,
 )
 from tdpdm.stages.dp_moments import MOMENTS_STAGE
-
-
-class _Tally:
-    def __init__(self) -> None:
-        self.events: list = []
-
-    def record(self, event) -> None:
-        self.events.append(event)
-
 
 # Two classes, each two tight components of unequal weight, far apart (and apart from the other
 # class's); the class means differ, so a fit that mixed classes up would miss every centre.
@@ -64,7 +55,7 @@ def test_each_record_adds_one_vector_of_norm_at_most_one_to_one_row():
     norms = np.linalg.norm(round_features(z), axis=1)
     assert norms.max() <= 1.0 + 1e-12 and norms.max() > 0.99
     labels, comp = rng.integers(0, 3, 100), rng.integers(0, 2, 100)
-    plan, tally = MixturePlan(1e-12), _Tally()
+    plan, tally = MixturePlan(1e-12), EventTally()
     args = {"num_classes": 3, "components": 2, "plan": plan, "session": tally}
     full = release_round(z, labels, comp, key=MechanismKey("r", 1), **args)
     less = release_round(z[1:], labels[1:], comp[1:], key=MechanismKey("r", 1), **args)
@@ -76,7 +67,7 @@ def test_each_record_adds_one_vector_of_norm_at_most_one_to_one_row():
 
 def test_recovers_the_components_of_each_class_at_large_epsilon():
     for covariance in ("full", "diagonal"):
-        weights, means, covs = _fit(MixturePlan(1e-3), _Tally(), covariance)
+        weights, means, covs = _fit(MixturePlan(1e-3), EventTally(), covariance)
         for c in range(2):
             # Components are unordered: match each true centre to its nearest fitted one.
             dist = np.linalg.norm(TRUE_MEANS[c][:, None] - means[c][None], axis=2)
@@ -90,10 +81,10 @@ def test_recovers_the_components_of_each_class_at_large_epsilon():
 
 def test_records_the_planned_releases_with_noise_from_its_key():
     plan = MixturePlan(0.7, rounds=3)
-    tally = _Tally()
+    tally = EventTally()
     a = _fit(plan, tally, key=MechanismKey("m", 3))
-    b = _fit(plan, _Tally(), key=MechanismKey("m", 3))
-    c = _fit(plan, _Tally(), key=MechanismKey("m", 4))
+    b = _fit(plan, EventTally(), key=MechanismKey("m", 3))
+    c = _fit(plan, EventTally(), key=MechanismKey("m", 4))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not np.allclose(a[1], c[1])
     rounds = GaussianEvent(plan.round_noise_multiplier, count=1, stage=MIXTURE_STAGE)
@@ -117,7 +108,7 @@ def test_the_calibrated_plan_composes_to_the_target():
 
 
 def test_the_sampler_draws_each_class_from_its_own_components():
-    weights, means, covs = _fit(MixturePlan(1e-3), _Tally())
+    weights, means, covs = _fit(MixturePlan(1e-3), EventTally())
     model = mixture_model(weights, means, covs)
     labels = torch.tensor([0] * 2000 + [1] * 2000)
     z = model.sample(labels, generator=torch.Generator().manual_seed(0)).numpy()
@@ -167,7 +158,7 @@ def test_per_component_covariances_from_one_more_release():
     comp = (rng.random(n) > TRUE_WEIGHTS[labels, 0]).astype(int)
     spread = np.array([0.05, 0.15])[comp][:, None]
     z = TRUE_MEANS[labels, comp] + spread * rng.normal(size=(n, 4))
-    plan, tally = MixturePlan(1e-3, component_moments=True), _Tally()
+    plan, tally = MixturePlan(1e-3, component_moments=True), EventTally()
     _, means, covs = fit_dp_mixture(
         z, labels, num_classes=2, components=2, covariance="full", plan=plan, session=tally,
         key=MechanismKey.fresh("test-mixture"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tdpdm_test_support import tiny_run_overrides
+from tdpdm_test_support import EventTally, tiny_run_overrides
 
 from tdpdm.privacy.events import GaussianEvent
 from tdpdm.privacy.randomness import MechanismKey
@@ -18,14 +18,6 @@ from tdpdm.stages.dp_moments import (
     moment_features,
     release_moments,
 )
-
-
-class _Tally:
-    def __init__(self) -> None:
-        self.events: list = []
-
-    def record(self, event) -> None:
-        self.events.append(event)
 
 
 def _latents(n: int = 3000, d: int = 6, classes: int = 3, seed: int = 0):
@@ -67,7 +59,7 @@ def test_without_noise_pooled_is_the_within_class_covariance(radius):
     scales = MomentScales.for_latent(z.shape[1], radius)
     noisy = release_moments(
         z, labels, num_classes=3, covariance="pooled", plan=MomentsPlan(1e-12),
-        session=_Tally(), key=MechanismKey("t", 1), scales=scales,
+        session=EventTally(), key=MechanismKey("t", 1), scales=scales,
     )  # fmt: skip
     means, covs = gaussians_from_moments(noisy, z.shape[1], "pooled", scales)
     zc = clip_latents(z, scales.radius)
@@ -89,7 +81,7 @@ def test_without_noise_the_class_gaussians_are_the_empirical_ones(covariance):
         num_classes=3,
         covariance=covariance,
         plan=MomentsPlan(1e-12),
-        session=_Tally(),
+        session=EventTally(),
         key=MechanismKey("t", 1),
     )
     means, covs = gaussians_from_moments(noisy, z.shape[1], covariance)
@@ -105,7 +97,7 @@ def test_without_noise_the_class_gaussians_are_the_empirical_ones(covariance):
 
 def test_one_release_recorded_and_noise_from_the_key():
     z, labels = _latents(300, d=20)  # 3 x 252 noisy entries: the std is estimated to ~2.5 %
-    tally = _Tally()
+    tally = EventTally()
     args = {"num_classes": 3, "covariance": "full", "plan": MomentsPlan(2.0), "session": tally}
     a = release_moments(z, labels, key=MechanismKey("m", 5), **args)
     b = release_moments(z, labels, key=MechanismKey("m", 5), **args)

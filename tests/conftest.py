@@ -66,13 +66,78 @@ def no_ray_running() -> None:
         assert not sys.modules["ray"].is_initialized(), "a Ray left running by another test"
 
 
+# Fixtures cheap enough to set up once per xdist worker; every other session fixture ties the
+# tests that use it to one worker (see `pytest_collection_modifyitems`).
+_CHEAP_SESSION_FIXTURES = frozenset(
+    {"shared_datasets", "tmp_path_factory", "worker_id", "data_root", "mnist_small"}
+)
+# Tests that start, join or need the absence of a Ray run one at a time within their Ray group;
+# the two groups (Ray Train, the rest) may run at once on two workers, each with its own Ray
+# (`ray_session` starts a private local one; clusters have their own temp dirs and ports).
+_RAY_DIRECTORIES = ("tests/distributed/", "tests/lipschitz/")
+_RAY_TRAIN_FILES = (
+    "tests/distributed/test_distributed_train",
+    "tests/distributed/test_distributed_fault",
+    "tests/distributed/test_distributed_backend",
+)
+_RAY_FIXTURES = frozenset({"local_ray", "no_ray_running"})
+# Session fixtures that call others through `request.getfixturevalue` (invisible to pytest's
+# closure): they share a worker with the fixtures they call.
+_DYNAMIC_SESSION_CALLS = {"finished_run": ("private_run", "released_run")}
+
+
+def _ray_group(item: pytest.Item) -> str | None:
+    path = item.nodeid.split("::", 1)[0]
+    if not (path.startswith(_RAY_DIRECTORIES) or _RAY_FIXTURES & set(item.fixturenames)):
+        return None
+    return "ray-train" if path.startswith(_RAY_TRAIN_FILES) else "ray-other"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup` (scripts/test.sh), mark each test with the group
+    that must share its worker: tests of one module (module fixtures), tests sharing an
+    expensive session fixture (one run per session, not per worker), and each Ray group."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    for item in items:
+        module = "module:" + item.nodeid.split("::", 1)[0]
+        ray_group = _ray_group(item)
+        if ray_group:
+            union(module, ray_group)
+        fixture_defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        for name, defs in fixture_defs.items():
+            if defs and defs[-1].scope == "session" and name not in _CHEAP_SESSION_FIXTURES:
+                union(module, f"session:{name}")
+                for called in _DYNAMIC_SESSION_CALLS.get(name, ()):
+                    union(module, f"session:{called}")
+    named = {find(g): g for g in ("ray-train", "ray-other") if g in parent}
+    for item in items:
+        group = find("module:" + item.nodeid.split("::", 1)[0])
+        item.add_marker(pytest.mark.xdist_group(named.get(group, group)))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    users = [item for item in session.items if "local_ray" in getattr(item, "fixturenames", ())]
-    _SHARED_RAY.last_user = users[-1].nodeid if users else None
+    """The last `local_ray` user of each xdist group stops the shared Ray (a group runs on one
+    worker, in collection order)."""
+    last: dict[str, str] = {}
+    for item in session.items:
+        if "local_ray" in getattr(item, "fixturenames", ()):
+            marker = item.get_closest_marker("xdist_group")
+            last[marker.args[0] if marker else ""] = item.nodeid
+    _SHARED_RAY.last_users = set(last.values())
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    if item.nodeid == _SHARED_RAY.last_user:
+    if item.nodeid in _SHARED_RAY.last_users:
         _SHARED_RAY.stop()  # Ray's daemons would otherwise idle on the 2 cores until the end
 
 

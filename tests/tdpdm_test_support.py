@@ -325,7 +325,7 @@ class SharedRay:
 
     def __init__(self) -> None:
         self._session: contextlib.ExitStack | None = None
-        self.last_user: str | None = None
+        self.last_users: set[str] = set()
 
     def start(self) -> Any:
         if self._session is None:

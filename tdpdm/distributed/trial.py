@@ -263,10 +263,11 @@ def _train_and_report(
         if session is not None:
             session.record(plan.score_event())
         last = step == report_at[-1]
-        if last:
-            buf = io.BytesIO()
-            torch.save(ema.state_dict(), buf)
-            storage.write_bytes_atomic(checkpoint_uri(setup.work_dir, trial_id), buf.getvalue())
+        # At every report, before Tune may stop the trial there: a search in which ASHA stops
+        # every trial still keeps the best model of its deepest rung (`select_trial`).
+        buf = io.BytesIO()
+        torch.save(ema.state_dict(), buf)
+        storage.write_bytes_atomic(checkpoint_uri(setup.work_dir, trial_id), buf.getvalue())
         report(
             base
             | {

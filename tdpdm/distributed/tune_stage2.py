@@ -133,14 +133,7 @@ def run_tune_search(
     )
     results = _fit(cfg, setup, admission_args)
     trials = _close_and_describe(setup, results)
-    completed = [x for x in trials if x["status"] == COMPLETED]
-    if not completed:
-        raise RuntimeError(
-            f"tune: no trial of {run_id} completed ("
-            + ", ".join(f"{x['trial_id']}: {x['status']}" for x in trials)
-            + ")"
-        )
-    best = min(completed, key=lambda x: x["score"])
+    best = select_trial(trials, run_id)
     best["selected"] = True
     hyper = best["hyperparameters"]
     model = LatentDenoiser(latent_dim, num_classes, int(hyper["hidden"]), int(hyper["depth"]))
@@ -167,7 +160,7 @@ def run_tune_search(
             "reduction_factor": t.reduction_factor,
         },
         "score": SCORE_WORDS[cfg.mode].format(clip=t.score_clip, sigma=t.score_noise_multiplier),
-        "selection": "lowest last score among completed trials (selection reads only scores)",
+        "selection": SELECTION_WORDS,
         "charging": CHARGING.format(budgeted=t.budgeted_trials) if plan.private else None,
         "trial_plan": plan.as_dict(),
         "search_space": {k: list(getattr(t, k)) for k in TUNABLE},
@@ -175,6 +168,29 @@ def run_tune_search(
         "trials": trials,
     }
     return TuneOutcome(model, best, events, section)
+
+
+SELECTION_WORDS = (
+    "lowest last score among the trials that reached the most reports: the completed ones "
+    "when any completed, else those ASHA stopped last (selection reads only scores)"
+)
+
+
+def select_trial(trials: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
+    """The trial whose model is kept: deepest rung first, then lowest last score.
+
+    Completed trials reached every report, so they win whenever one exists. ASHA can stop every
+    trial of a search whose scores are noisy; each stopped trial left its model at its last
+    report, so the best of the deepest rung is used rather than failing the whole run."""
+    candidates = [x for x in trials if x["status"] in (COMPLETED, STOPPED) and x["reports"]]
+    if not candidates:
+        raise RuntimeError(
+            f"tune: no trial of {run_id} reported a score ("
+            + ", ".join(f"{x['trial_id']}: {x['status']}" for x in trials)
+            + ")"
+        )
+    deepest = max(x["reports"] for x in candidates)
+    return min((x for x in candidates if x["reports"] == deepest), key=lambda x: x["score"])
 
 
 def _absolute(uri: str) -> str:

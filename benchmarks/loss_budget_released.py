@@ -30,6 +30,7 @@ balanced labels, and decode them with the run's decoder, as the pipeline does.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,32 +201,62 @@ def released_budget(
         log(f"note: the run's stage 2 is {s2.released_model}; rows b-d fit the deconvolution")
     clean = None
     for letter in letters:
+        t0 = time.perf_counter()
         if letter == "real":
             out[ROWS[letter]] = cnn(images, labels)
-            continue
-        if letter == "e":
+        elif letter == "e":
             key, accuracy = release_accuracy()
             out[key] = accuracy
-            continue
-        if clean is None:
-            clean = r.clean_parts(images, labels, classes, device)
-        if letter == "a":
-            out[ROWS[letter]] = cnn(decode(r.model, clean[0], device), labels)
-            continue
-        x, w, s, t = budget_inputs(
-            letter, *clean, noise_std=r.noise_std, label_noise_std=r.label_noise_std, seed=seed
-        )
-        mixture = fit_row(x, w, s, t, components=components, iterations=iterations, seed=seed)
-        samples, sample_labels = generate(
-            mixture,
-            r.model,
-            synthetic,
-            num_classes=classes,
-            steps=0,
-            guidance=1.0,
-            seed=seed,
-            device=device,
-            progress=False,
-        )
-        out[ROWS[letter]] = cnn(samples, sample_labels)
+        else:
+            if clean is None:
+                clean = r.clean_parts(images, labels, classes, device)
+            out[ROWS[letter]] = _fitted_row(
+                letter,
+                r,
+                clean,
+                labels,
+                cnn,
+                classes=classes,
+                components=components,
+                iterations=iterations,
+                synthetic=synthetic,
+                seed=seed,
+                device=device,
+            )
+        log(f"row {letter}: {time.perf_counter() - t0:.0f} s")
     return out
+
+
+def _fitted_row(
+    letter: str,
+    r: ReleasedRun,
+    clean: tuple[np.ndarray, np.ndarray],
+    labels: np.ndarray,
+    cnn: Callable[[np.ndarray, np.ndarray], float],
+    *,
+    classes: int,
+    components: int,
+    iterations: int,
+    synthetic: int,
+    seed: int,
+    device: str,
+) -> float:
+    """Row a (the decoder on the clean latents) or b-d (samples of a fit, decoded)."""
+    if letter == "a":
+        return cnn(decode(r.model, clean[0], device), labels)
+    x, w, s, t = budget_inputs(
+        letter, *clean, noise_std=r.noise_std, label_noise_std=r.label_noise_std, seed=seed
+    )
+    mixture = fit_row(x, w, s, t, components=components, iterations=iterations, seed=seed)
+    samples, sample_labels = generate(
+        mixture,
+        r.model,
+        synthetic,
+        num_classes=classes,
+        steps=0,
+        guidance=1.0,
+        seed=seed,
+        device=device,
+        progress=False,
+    )
+    return cnn(samples, sample_labels)

@@ -108,16 +108,17 @@ def read_report(run: str) -> dict[str, Any]:
     return json.loads(Path(RunLayout(run).release("report.json")).read_text())
 
 
-def dp_pipeline_accuracy(run: str, key: str, cnn) -> tuple[str, float]:
-    """(result key, accuracy) of the DP pipeline itself: its custodian report's, or when the
-    run did not evaluate, the CNN trained on its released synthetic data (a DP output)."""
+def dp_pipeline_accuracy(run: str, key: str, fallback_key: str, cnn) -> tuple[str, float]:
+    """(result key, accuracy) of the DP pipeline itself: `key` and its custodian report's, or
+    when the run did not evaluate, `fallback_key` and the CNN trained on its released synthetic
+    data (a DP output)."""
     custodian = Path(RunLayout(run).custodian("report.json"))
     if custodian.exists():
         accuracy = json.loads(custodian.read_text())["metrics"].get("accuracy")
         if accuracy is not None:
             return key, float(accuracy)
     images, labels, _ = read_synthetic(RunLayout(run).synthetic)
-    return f"{key}_from_release", cnn(images, labels)
+    return fallback_key, cnn(images, labels)
 
 
 def load_run(run: str) -> tuple[dict[str, Any], torch.nn.Module]:
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             letters,
             (train_x, train_y),
             cnn,
-            lambda: dp_pipeline_accuracy(args.run, "e_release", cnn),
+            lambda: dp_pipeline_accuracy(args.run, "e_release", "e_release_from_synthetic", cnn),
             synthetic=args.synthetic,
             components=args.components,
             iterations=args.iterations,
@@ -244,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             results[f"c_nonprivate_{components}comp"] = cnn(images, labels)
         elif row == "d":
-            key, accuracy = dp_pipeline_accuracy(args.run, "d_dp_pipeline", cnn)
+            key, accuracy = dp_pipeline_accuracy(
+                args.run, "d_dp_pipeline", "d_dp_pipeline_from_release", cnn
+            )
             results[key] = accuracy
         else:
             raise SystemExit(f"unknown row {row!r}")

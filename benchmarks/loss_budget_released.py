@@ -21,10 +21,14 @@ with its noise switched off:
                    `label_noise_std_per_coordinate` (and the fit told that std, latent std 0);
   d noisy-latents  the same, latents re-noised at the run's `noise_std_per_coordinate`, clean
                    labels (the fit told that std, label std 0);
-  e release        the run's own DP result: its custodian report's accuracy, else the same CNN
-                   on its released synthetic data (a DP output; only the test split is real).
-Rows b-d draw `synthetic` samples (default: the run's evaluation.synthetic_count, as row e), with
-balanced labels, and decode them with the run's decoder, as the pipeline does.
+  e release        the run's own DP result: its custodian report's accuracy, else (key
+                   `e_release_from_synthetic`) the same CNN on its released synthetic data (a DP
+                   output; only the test split is real).
+The JSON line's keys: real, a_reconstructions, b_clean, c_noisy_labels, d_noisy_latents,
+e_release, and what the rows used (mechanism, records, the two stds, components_per_class,
+iterations, synthetic). Rows b-d draw `synthetic` samples (default: the run's
+evaluation.synthetic_count, as row e), with balanced labels, and decode them with the run's
+decoder, as the pipeline does.
 """
 
 from __future__ import annotations

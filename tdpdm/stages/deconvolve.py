@@ -67,14 +67,22 @@ def fit_deconvolved_mixture(
     Latents are whitened (divided by `noise_std`, so their noise is I); `ridge` is added to each
     clean covariance (in those units) to keep it positive definite. The likelihood is maximised
     by full-batch Adam rather than the classic EM: under noise this heavy EM's steps shrink with
-    the signal-to-noise ratio and it needs thousands of rounds."""
+    the signal-to-noise ratio and it needs thousands of rounds.
+
+    Either std may be 0, for parts known to be clean (custodian-only measurements such as
+    benchmarks/loss_budget_released.py; a DP release is never clean): clean latents are scaled
+    by their overall std instead and no noise is added to the clean covariances; a clean label
+    part must be one-hot and then fixes each row's class (its arg-max)."""
     n, d = latents.shape
     classes = label_vectors.shape[1]
     k_total = classes * components_per_class
     component_class = np.repeat(np.arange(classes), components_per_class)
-    x = latents.astype(np.float64) / noise_std
-    # log N(w_i; onehot(c), t^2 I) up to a constant shared by all classes: w_ic / t^2.
-    label_ll = label_vectors.astype(np.float64) / label_noise_std**2
+    if noise_std < 0 or label_noise_std < 0:
+        raise ValueError(f"noise stds must be >= 0, got {noise_std} and {label_noise_std}")
+    unit = noise_std if noise_std > 0 else max(float(latents.std()), 1e-6)
+    noise_var = (noise_std / unit) ** 2  # 1 unless the latents are clean
+    x = latents.astype(np.float64) / unit
+    label_ll = _label_log_likelihood(label_vectors, label_noise_std)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDEC0]))
 
     # Start from the labels' class posteriors (weak but unbiased), each class split at random.
@@ -82,7 +90,7 @@ def fit_deconvolved_mixture(
     resp_class /= resp_class.sum(axis=1, keepdims=True)
     split = rng.dirichlet(np.ones(components_per_class), size=n)
     resp = (resp_class[:, :, None] * split[:, None, :]).reshape(n, k_total)
-    weights, means, covs = _initial_components(x, resp, ridge)
+    weights, means, covs = _initial_components(x, resp, ridge, noise_var)
 
     means, covs, weights = _maximise_likelihood(
         x,
@@ -93,34 +101,50 @@ def fit_deconvolved_mixture(
         iterations=iterations,
         lr=lr,
         ridge=ridge,
+        noise_var=noise_var,
         progress=progress,
     )
     model = LatentMixture(k_total, d, classes)
-    lat_covs = covs * noise_std**2
+    lat_covs = covs * unit**2
     model.log_weights.copy_(torch.from_numpy(np.log(weights)))
-    model.means.copy_(torch.from_numpy(means * noise_std))
+    model.means.copy_(torch.from_numpy(means * unit))
     model.scale_tril.copy_(torch.from_numpy(np.linalg.cholesky(lat_covs + 1e-8 * np.eye(d))))
     model.class_shares.copy_(torch.from_numpy(np.eye(classes)[component_class]))
     return model
 
 
-def _initial_components(x, resp, ridge):
-    """Weighted moments of the whitened latents, noise (I) subtracted, clipped to PSD."""
+def _label_log_likelihood(label_vectors: np.ndarray, label_noise_std: float) -> np.ndarray:
+    """log N(w_i; onehot(c), t^2 I) per row i and class c, up to a constant shared by all
+    classes: w_ic / t^2; at t = 0, 0 for the row's arg-max class and -inf for the others."""
+    w = label_vectors.astype(np.float64)
+    if label_noise_std > 0:
+        return w / label_noise_std**2
+    ll = np.full(w.shape, -np.inf)
+    ll[np.arange(len(w)), w.argmax(axis=1)] = 0.0
+    return ll
+
+
+def _initial_components(x, resp, ridge, noise_var=1.0):
+    """Weighted moments of the whitened latents, noise (`noise_var` I) subtracted, clipped to
+    PSD."""
     dim = x.shape[1]
     counts = resp.sum(axis=0) + 1e-10
     means = (resp.T @ x) / counts[:, None]
     covs = np.empty((resp.shape[1], dim, dim))
     for k in range(resp.shape[1]):
         diff = x - means[k]
-        cov = (diff * resp[:, k, None]).T @ diff / counts[k] - np.eye(dim)
+        cov = (diff * resp[:, k, None]).T @ diff / counts[k] - noise_var * np.eye(dim)
         vals, vecs = np.linalg.eigh(cov)
         covs[k] = (vecs * np.clip(vals, ridge, None)) @ vecs.T + ridge * np.eye(dim)
     return counts / counts.sum(), means, covs
 
 
-def _maximise_likelihood(x, label_ll, means, covs, weights, *, iterations, lr, ridge, progress):
-    """Maximise sum_i log sum_k pi_k N(x_i; mu_k, V_k + I) l_ik over (pi, mu, V = L L^T), with
-    l_ik the (fixed) likelihood of row i's noisy label part under component k's class."""
+def _maximise_likelihood(
+    x, label_ll, means, covs, weights, *, iterations, lr, ridge, progress, noise_var=1.0
+):
+    """Maximise sum_i log sum_k pi_k N(x_i; mu_k, V_k + s2 I) l_ik over (pi, mu, V = L L^T),
+    with s2 = `noise_var` (1 for whitened noisy latents, 0 for clean ones) and l_ik the (fixed)
+    likelihood of row i's noisy label part under component k's class."""
     xt = torch.from_numpy(x).float()  # float32: the observed covariances are >= I, well posed
     lt = torch.from_numpy(label_ll).float()
     dim = x.shape[1]
@@ -139,7 +163,8 @@ def _maximise_likelihood(x, label_ll, means, covs, weights, *, iterations, lr, r
 
     for _ in tqdm(range(iterations), desc="deconvolution fit", disable=not progress, unit="it"):
         optimizer.zero_grad(set_to_none=True)
-        chol = torch.linalg.cholesky(clean_cov() + eye)  # observed covariance, (K, D, D)
+        # the observed covariance, (K, D, D)
+        chol = torch.linalg.cholesky(clean_cov() + noise_var * eye)
         diff = (xt.unsqueeze(0) - mu.unsqueeze(1)).transpose(1, 2)  # (K, D, N)
         maha = torch.linalg.solve_triangular(chol, diff, upper=False).pow(2).sum(1)  # (K, N)
         log_det = 2 * torch.diagonal(chol, dim1=1, dim2=2).log().sum(1, keepdim=True)

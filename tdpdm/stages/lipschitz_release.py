@@ -298,6 +298,25 @@ def _means(model: LipschitzVAE, images: np.ndarray, batch: int = 4096) -> np.nda
     return torch.cat(out).numpy()
 
 
+def published_latents(model: LipschitzVAE, mu: np.ndarray) -> np.ndarray:
+    """The release's public map from the mu scale to the published one, float64:
+    w = mu / R - mu(c) / R (the model's `center`, set at release). `release` applies it to
+    mu(x) + noise; on noiseless mu(x) it gives what the release would publish without noise."""
+    return mu / model.latent_radius - model.center.double().cpu().numpy()
+
+
+def clean_release(
+    model: LipschitzVAE, images: np.ndarray, labels: np.ndarray, *, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(latents, label vectors) that `release` would publish for these records without its
+    noise, float64: `published_latents` of mu(x) in float64 (as `release` computes it), and
+    exactly onehot(y). Reads the records without DP: for custodian-only measurements
+    (benchmarks/loss_budget_released.py) of a released model whose centre is set."""
+    onehot = np.zeros((len(labels), num_classes))
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return published_latents(model, _means(model, images)), onehot
+
+
 def release(
     model: LipschitzVAE,
     images: np.ndarray,
@@ -338,10 +357,9 @@ def release(
     # What follows only transforms the release with public quantities: post-processing.
     model.noise_std.fill_(std)
     model.set_center()
-    center = model.center.double().numpy()
     b = label_length(label_scale, diameter)
     return LipschitzRelease(
-        latents=(released_mu / model.latent_radius - center).astype(np.float32),
+        latents=published_latents(model, released_mu).astype(np.float32),
         labels=released_label.argmax(axis=1).astype(np.int64),
         label_vectors=(released_label / b).astype(np.float32),
         lipschitz_bound=bound,

@@ -50,6 +50,33 @@ def release_scales(latent_dim: int, cfg: ReleaseConfig) -> tuple[float, float]:
     return latent, cfg.clip_norm * cfg.label_scale
 
 
+def release_vectors(
+    latents: np.ndarray, labels: np.ndarray, *, num_classes: int, cfg: ReleaseConfig
+) -> np.ndarray:
+    """The (N, d + classes) float64 vectors v the release adds its noise to: [latent_scale * z,
+    label_scale * onehot(y)], clipped to `cfg.clip_norm`. Pure (no noise, no privacy event):
+    `release_latents` uses it, and custodian-only measurements put clean records on the
+    release's scale with it (benchmarks/loss_budget_released.py)."""
+    n, d = latents.shape
+    latent_scale, label_scale = release_scales(d, cfg)
+    onehot = np.zeros((n, num_classes), dtype=np.float64)
+    onehot[np.arange(n), labels] = label_scale
+    vectors = np.concatenate([latents.astype(np.float64) * latent_scale, onehot], axis=1)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors *= np.minimum(1.0, cfg.clip_norm / np.maximum(norms, 1e-12))
+    return vectors
+
+
+def published_parts(
+    vectors: np.ndarray, latent_dim: int, cfg: ReleaseConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(latents, label vectors) of release-space vectors (noisy or not), float64: the public
+    scales undone, z + noise / latent_scale and onehot(y) + noise / label_scale. On noiseless
+    `release_vectors` it gives what the release would publish without noise."""
+    latent_scale, label_scale = release_scales(latent_dim, cfg)
+    return vectors[:, :latent_dim] / latent_scale, vectors[:, latent_dim:] / label_scale
+
+
 def release_noise(key: MechanismKey, shape: tuple[int, ...], std: float) -> np.ndarray:
     """The release's Gaussian noise, drawn from the secret mechanism key."""
     return key.numpy().normal(0.0, std, size=shape)
@@ -67,19 +94,15 @@ def release_latents(
 ) -> ReleasedLatents:
     """One Gaussian release of every record's vector; the noise comes from the secret `key`
     (fresh OS entropy, never the public seed: whoever could regenerate it could subtract it)."""
-    n, d = latents.shape
+    d = latents.shape[1]
     latent_scale, label_scale = release_scales(d, cfg)
-    onehot = np.zeros((n, num_classes), dtype=np.float64)
-    onehot[np.arange(n), labels] = label_scale
-    vectors = np.concatenate([latents.astype(np.float64) * latent_scale, onehot], axis=1)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors *= np.minimum(1.0, cfg.clip_norm / np.maximum(norms, 1e-12))
+    vectors = release_vectors(latents, labels, num_classes=num_classes, cfg=cfg)
     std = event.noise_multiplier * cfg.clip_norm
     released = vectors + release_noise(key, vectors.shape, std)
     session.record(event)
-    label_part = released[:, d:] / label_scale
+    latent_part, label_part = published_parts(released, d, cfg)
     return ReleasedLatents(
-        latents=(released[:, :d] / latent_scale).astype(np.float32),
+        latents=latent_part.astype(np.float32),
         label_vectors=label_part.astype(np.float32),
         labels=label_part.argmax(axis=1).astype(np.int64),
         noise_std=std / latent_scale,

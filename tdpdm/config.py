@@ -129,6 +129,13 @@ class Stage1Config(Section):
     stages/lipschitz_release.py)."""
     vae_hidden: Annotated[int, Field(ge=2, multiple_of=2), NoBool] = 256
     """`lipschitz-vae`: width of the encoder and decoder MLPs (even)."""
+    vae_training_noise: Literal["release"] | PositiveFloat | None = None
+    """`lipschitz-vae`: the posterior std while training, on the mu scale. `release`: the
+    release's own noise, so the decoder learns to decode *noisy* latents (right for a stage 2
+    that models the noisy release, `released_model: diffusion`); a number: that std, so the
+    decoder learns to decode *clean* latents (right for the deconvolved mixture, which samples
+    clean ones). None: whichever fits `stage2.released_model`. Privacy-neutral: DP-SGD's
+    guarantee does not depend on the model's own noise."""
 
 
 class ReleaseConfig(Section):

@@ -235,10 +235,23 @@ def new_lipschitz_vae(cfg: RunConfig) -> LipschitzVAE:
     )
 
 
+CLEAN_TRAINING_NOISE = 0.5
+"""Posterior std (mu scale) when stage 2 samples clean latents: a VAE's usual regulariser, small
+beside the distance between two digits' means (up to ~4 on this scale); fixed, not tuned on data."""
+
+
 def training_noise_std(cfg: RunConfig, release_event: GaussianEvent) -> float:
-    """The posterior std while training: the release noise at the design bound, so that the
-    decoder learns to decode the latents the release will publish."""
-    return release_std(release_event, DESIGN_BOUND, cfg.release.label_scale, config_diameter(cfg))
+    """The posterior std while training (`stage1.vae_training_noise`). The release noise at the
+    design bound teaches the decoder to decode the noisy latents the release publishes; the
+    deconvolved mixture samples *clean* latents, and a decoder trained only on noise that large
+    maps every clean latent to the mean image (issue 14), so it gets `CLEAN_TRAINING_NOISE`."""
+    choice = cfg.stage1.vae_training_noise
+    if choice is None:
+        choice = "release" if cfg.stage2.released_model == "diffusion" else CLEAN_TRAINING_NOISE
+    if choice == "release":
+        diameter = config_diameter(cfg)
+        return release_std(release_event, DESIGN_BOUND, cfg.release.label_scale, diameter)
+    return float(choice)
 
 
 def make_vae(

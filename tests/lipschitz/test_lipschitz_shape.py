@@ -18,6 +18,7 @@ from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.encode import images_to_tensor
 from tdpdm.stages.lipschitz_release import (
+    CLEAN_TRAINING_NOISE,
     label_length,
     new_lipschitz_vae,
     release,
@@ -53,7 +54,12 @@ def test_input_diameter_is_that_of_the_unit_cube_of_the_shape() -> None:
 
 def test_model_and_noise_follow_the_configured_shape(tmp_path) -> None:
     """The config's shape alone fixes the model and the training noise: no data is opened."""
-    base = {"mode": "released", "stage1.mechanism": "lipschitz-vae", "stage1.vae_hidden": 32}
+    base = {
+        "mode": "released",
+        "stage1.mechanism": "lipschitz-vae",
+        "stage1.vae_hidden": 32,
+        "stage1.vae_training_noise": "release",
+    }
     grey = load_config(None, base)
     rgb = grey.replace(dataset="rgb-set", data=str(tmp_path / "none"), channels=3, image_size=32)
     model = new_lipschitz_vae(rgb)
@@ -120,3 +126,21 @@ def test_images_of_another_shape_are_refused_before_the_release(tmp_path) -> Non
             key=MechanismKey("lipschitz-release", 5),
         )
     assert session.recorded == []
+
+
+def test_the_decoder_learns_clean_latents_when_stage2_samples_clean_ones() -> None:
+    """The deconvolved mixture samples clean latents: the VAE then trains at a small posterior
+    std, not at the release's (a decoder trained on release-sized noise decodes every clean
+    latent to the mean image). A diffusion model on the noisy release keeps the release's."""
+    base = {"mode": "released", "stage1.mechanism": "lipschitz-vae", "stage1.vae_hidden": 32}
+    event = GaussianEvent(noise_multiplier=1.5, stage=LIPSCHITZ_RELEASE)
+    deconvolved = load_config(None, base)
+    diffusion = load_config(None, base | {"stage2.released_model": "diffusion"})
+    explicit = load_config(None, base | {"stage1.vae_training_noise": 2.5})
+    release_level = load_config(None, base | {"stage1.vae_training_noise": "release"})
+    assert training_noise_std(deconvolved, event) == CLEAN_TRAINING_NOISE
+    assert training_noise_std(explicit, event) == 2.5
+    assert training_noise_std(diffusion, event) == training_noise_std(release_level, event)
+    assert training_noise_std(release_level, event) > 10 * CLEAN_TRAINING_NOISE
+    with pytest.raises(ValueError, match="vae_training_noise"):
+        load_config(None, base | {"stage1.vae_training_noise": "loud"})

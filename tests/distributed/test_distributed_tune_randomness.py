@@ -250,7 +250,10 @@ def test_early_stops_free_nothing_and_exactly_the_budgeted_trials_run(tmp_path):
     assert spent == budgeted  # exactly the composition the calibration fixed in advance
     assert compute_epsilon(spent, DELTA, Adjacency.ADD_REMOVE).epsilon <= target + 1e-6
     assert (tmp_path / "work/tune/c/diffusion.pt").is_file()  # custodian-private work dir
-    assert not (tmp_path / "work/tune/a").exists()  # stopped before its last report
+    # A stopped trial keeps the model of the rung it reached: `select_trial` may pick it when
+    # ASHA stops every trial; refused trials read nothing and leave nothing.
+    assert (tmp_path / "work/tune/a/diffusion.pt").is_file()
+    assert not (tmp_path / "work/tune/d").exists()
 
 
 def test_a_trial_setup_never_prints_its_secret_key(fixed_mechanism_keys, tmp_path):

@@ -129,3 +129,20 @@ class SpatialAutoencoder(LatentAutoencoder):
             _block(latent_channels, w2, groups, kernel_size=3, padding=1),
             *_upsample(width, groups, channels),
         )
+
+
+class LabelledAutoencoder(nn.Module):
+    """An autoencoder with a linear label head on its latent, for stage-1 training only
+    (`stage1.label_loss_weight`): the label loss pulls the classes apart in the latent, so a
+    per-record release of it keeps more class signal per unit of noise. The head is dropped
+    after training (`autoencoder`); it never reaches a release or a checkpoint."""
+
+    def __init__(self, autoencoder: LatentAutoencoder, num_classes: int) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.label_head = nn.Linear(autoencoder.latent_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction logits, label logits)."""
+        z = self.autoencoder.encode(x)
+        return self.autoencoder.decode_logits(z), self.label_head(z)

@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdpdm.config import RunConfig, Stage1Config
-from tdpdm.models.autoencoder import ConvAutoencoder, LatentAutoencoder, SpatialAutoencoder
+from tdpdm.models.autoencoder import (
+    ConvAutoencoder,
+    LabelledAutoencoder,
+    LatentAutoencoder,
+    SpatialAutoencoder,
+)
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.dpsgd import StepCallback, train_dpsgd
@@ -45,6 +50,25 @@ def reconstruction_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Te
     x = batch[0]
     per_pixel = F.binary_cross_entropy_with_logits(model(x), x, reduction="none")
     return per_pixel.mean(dim=(1, 2, 3))
+
+
+def labelled_reconstruction_loss(
+    model: nn.Module, batch: list[torch.Tensor], *, weight: float
+) -> torch.Tensor:
+    """Per-record BCE over pixels plus `weight` times the label head's cross-entropy, shape (B,):
+    the loss of a `LabelledAutoencoder` on (images, labels) batches."""
+    x, y = batch[0], batch[1]
+    recon, label_logits = model(x)
+    per_pixel = F.binary_cross_entropy_with_logits(recon, x, reduction="none")
+    return per_pixel.mean(dim=(1, 2, 3)) + weight * F.cross_entropy(
+        label_logits, y, reduction="none"
+    )
+
+
+def new_labelled_autoencoder(factory, num_classes: int) -> LabelledAutoencoder:
+    """`factory()`'s autoencoder with a label head (module level: picklable for Ray workers);
+    the head's initial weights follow the autoencoder's from the same public seed."""
+    return LabelledAutoencoder(factory(), num_classes)
 
 
 def build_autoencoder(

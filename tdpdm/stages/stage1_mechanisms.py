@@ -20,6 +20,7 @@ from torch import nn
 
 from tdpdm.config import RunConfig
 from tdpdm.data.private import PrivateTrainingSet
+from tdpdm.models.autoencoder import LabelledAutoencoder
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import event_to_dict
 from tdpdm.privacy.randomness import MechanismKey
@@ -33,8 +34,10 @@ from tdpdm.stages.encode import (
     build_autoencoder,
     encode,
     images_to_tensor,
+    labelled_reconstruction_loss,
     model_shape,
     new_autoencoder,
+    new_labelled_autoencoder,
     reconstruction_loss,
 )
 from tdpdm.stages.latents_io import write_latents
@@ -207,17 +210,26 @@ def run_stage1(
         f"stage 1: {mechanism.title} (DP-SGD), {enc.steps} steps, "
         f"sigma {enc.noise_multiplier:.3f}, q {enc.sampling_rate:.4f}"
     )
+    factory, tensors, loss_fn = mechanism.factory(cfg, plan), [images_to_tensor(images)], None
+    if cfg.stage1.label_loss_weight > 0:  # the labels join the DP-SGD batches (same clipping)
+        factory = functools.partial(new_labelled_autoencoder, factory, ctx.spec.num_classes)
+        tensors.append(torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+        loss_fn = functools.partial(
+            labelled_reconstruction_loss, weight=cfg.stage1.label_loss_weight
+        )
     with ctx.timed("encoder", steps=enc.steps, mechanism=mechanism.name) as details:
         model, execution = train(
             ctx,
-            mechanism.factory(cfg, plan),
-            [images_to_tensor(images)],
-            mechanism.loss_fn,
+            factory,
+            tensors,
+            loss_fn or mechanism.loss_fn,
             enc,
             session,
             MechanismKey.fresh("stage1-dpsgd"),
         )
         details |= execution
+    if isinstance(model, LabelledAutoencoder):
+        model = model.autoencoder  # the label head is a training aid only
     with ctx.timed("latents", mode=cfg.mode) as details:
         out = mechanism.produce(ctx, model, images, labels, plan, session)
         del images

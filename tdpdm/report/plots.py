@@ -96,7 +96,10 @@ def privacy_utility_figure(
     rows = list(rows)
     if not rows and current is None:
         raise ValueError("privacy_utility_figure needs at least one row")
-    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    many = len({_series_name(r) for r in rows}) > 4  # then one legend under both panels
+    lines = len({_series_name(r) for r in rows}) + 1
+    height = 4 + (0.12 * lines if many else 0)
+    fig = Figure(figsize=(10, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(PANELS))
     for ax, (key, ylabel) in zip(axes, PANELS, strict=True):
@@ -121,9 +124,17 @@ def privacy_utility_figure(
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         if series:
-            ax.legend(fontsize="small")
+            if not many:
+                ax.legend(fontsize="small")
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    if many:  # the panels' handles, each name once, outside the axes so no point is hidden
+        named = dict(zip(*reversed(axes[0].get_legend_handles_labels()), strict=True))
+        for ax in axes[1:]:
+            named |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        fig.legend(
+            named.values(), named.keys(), loc="outside lower center", ncols=2, fontsize="small"
+        )
     title = "Privacy-utility trade-off"
     if sub := _subtitle(rows + ([dict(current)] if current else [])):
         title += f" ({sub})"

@@ -87,8 +87,8 @@ def _stage2_text(report: dict[str, Any]) -> str:
     mechanism = cfg["stage1"].get("mechanism", "dpsgd-autoencoder")
     if mechanism != "dpsgd-autoencoder":
         latent = f"stage1={mechanism}, {latent}"
-    if s1.get("label_loss_weight"):
-        latent = f"{latent}, stage1 label_loss_weight={s1['label_loss_weight']:g}"
+    if s1.get("label_objective_weight"):
+        latent = f"{latent}, stage1 label_objective_weight={s1['label_objective_weight']:g}"
     if report["mode"] == "private" and s2.get("private_model") == "dp-moments":
         radius = s2.get("moments_radius", 1.0)
         return (

@@ -127,7 +127,7 @@ class Stage1Config(Section):
     """`dpsgd-autoencoder` (the conv autoencoder) or `lipschitz-vae` (a VAE with a proven
     Lipschitz bound whose latents are released by the Gaussian mechanism: `released` mode only;
     stages/lipschitz_release.py)."""
-    label_loss_weight: Annotated[Float, Field(ge=0.0, le=100.0)] = 0.0
+    label_objective_weight: Annotated[Float, Field(ge=0.0, le=100.0)] = 0.0
     """`dpsgd-autoencoder`: weight of a label cross-entropy (a linear head on the latent, dropped
     after training) beside the reconstruction loss. It spreads the classes apart in the latent,
     which a per-record release (`released` mode) needs; the labels are then in the DP-SGD
@@ -318,9 +318,9 @@ class RunConfig(Section):
                 "stage1.mechanism lipschitz-vae is a per-record release of the latents: it "
                 f"needs mode: released, not {self.mode!r}"
             )
-        if self.stage1.label_loss_weight and self.stage1.mechanism != "dpsgd-autoencoder":
+        if self.stage1.label_objective_weight and self.stage1.mechanism != "dpsgd-autoencoder":
             raise ValueError(
-                "stage1.label_loss_weight trains a label head on the autoencoder's latent: it "
+                "stage1.label_objective_weight trains a label head on the autoencoder's latent: it "
                 "needs stage1.mechanism: dpsgd-autoencoder"
             )
         if self.tune.trials and self.mode == "private" and self.stage2.private_model != "diffusion":

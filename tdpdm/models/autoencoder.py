@@ -133,7 +133,7 @@ class SpatialAutoencoder(LatentAutoencoder):
 
 class LabelledAutoencoder(nn.Module):
     """An autoencoder with a linear label head on its latent, for stage-1 training only
-    (`stage1.label_loss_weight`): the label loss pulls the classes apart in the latent, so a
+    (`stage1.label_objective_weight`): the label loss pulls the classes apart in the latent, so a
     per-record release of it keeps more class signal per unit of noise. The head is dropped
     after training (`autoencoder`); it never reaches a release or a checkpoint."""
 

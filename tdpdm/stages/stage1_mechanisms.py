@@ -211,11 +211,11 @@ def run_stage1(
         f"sigma {enc.noise_multiplier:.3f}, q {enc.sampling_rate:.4f}"
     )
     factory, tensors, loss_fn = mechanism.factory(cfg, plan), [images_to_tensor(images)], None
-    if cfg.stage1.label_loss_weight > 0:  # the labels join the DP-SGD batches (same clipping)
+    if cfg.stage1.label_objective_weight > 0:  # the labels join the DP-SGD batches (same clipping)
         factory = functools.partial(new_labelled_autoencoder, factory, ctx.spec.num_classes)
         tensors.append(torch.from_numpy(np.asarray(labels, dtype=np.int64)))
         loss_fn = functools.partial(
-            labelled_reconstruction_loss, weight=cfg.stage1.label_loss_weight
+            labelled_reconstruction_loss, weight=cfg.stage1.label_objective_weight
         )
     with ctx.timed("encoder", steps=enc.steps, mechanism=mechanism.name) as details:
         model, execution = train(

@@ -1,4 +1,4 @@
-"""`stage1.label_loss_weight`: the autoencoder trains with a label head on its latent (classes
+"""`stage1.label_objective_weight`: the autoencoder trains with a label head on its latent (classes
 pulled apart for a per-record release); the head is a training aid that never reaches a release,
 the labels ride in the same clipped, noised DP-SGD batches, and the accounting is unchanged."""
 
@@ -31,13 +31,13 @@ def test_the_loss_is_reconstruction_plus_weighted_cross_entropy_per_record():
 
 
 def test_only_the_autoencoder_takes_a_label_loss(tmp_path):
-    base = {"mode": "released", "stage1.label_loss_weight": 0.5}
-    assert load_config(None, base).stage1.label_loss_weight == 0.5
-    with pytest.raises(ValueError, match="label_loss_weight"):
+    base = {"mode": "released", "stage1.label_objective_weight": 0.5}
+    assert load_config(None, base).stage1.label_objective_weight == 0.5
+    with pytest.raises(ValueError, match="label_objective_weight"):
         load_config(None, base | {"stage1.mechanism": "lipschitz-vae"})
     for bad in (-1.0, float("nan")):
-        with pytest.raises(ValueError, match="label_loss_weight"):
-            load_config(None, {"stage1.label_loss_weight": bad})
+        with pytest.raises(ValueError, match="label_objective_weight"):
+            load_config(None, {"stage1.label_objective_weight": bad})
 
 
 def test_a_released_run_with_a_label_loss_releases_no_head(tmp_path, shared_datasets):
@@ -49,7 +49,7 @@ def test_a_released_run_with_a_label_loss_releases_no_head(tmp_path, shared_data
         "released",
         subset=600,
         seed=0,
-        settings={"stage1.label_loss_weight": 1.0, "evaluation.synthetic_count": 100},
+        settings={"stage1.label_objective_weight": 1.0, "evaluation.synthetic_count": 100},
     )
     cfg = load_config(None, overrides)
     report = run_pipeline(cfg, log=lambda m: None).report

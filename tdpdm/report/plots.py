@@ -96,9 +96,9 @@ def privacy_utility_figure(
     rows = list(rows)
     if not rows and current is None:
         raise ValueError("privacy_utility_figure needs at least one row")
-    many = len({_series_name(r) for r in rows}) > 4  # then one legend under both panels
-    lines = len({_series_name(r) for r in rows}) + 1
-    height = 4 + (0.12 * lines if many else 0)
+    names = {_series_name(r) for r in rows}
+    many = len(names) > 4  # then one legend under both panels, 0.12 inch a legend row
+    height = 4 + 0.12 * (len(names) + 1) if many else 4
     fig = Figure(figsize=(10, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(PANELS))

@@ -45,11 +45,14 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
     return (pixels.squeeze(1) if pixels.shape[1] == 1 else pixels).numpy()
 
 
+def _pixel_bce(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    return per_pixel.mean(dim=(1, 2, 3))
+
+
 def reconstruction_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     """Per-record BCE over pixels, shape (B,)."""
-    x = batch[0]
-    per_pixel = F.binary_cross_entropy_with_logits(model(x), x, reduction="none")
-    return per_pixel.mean(dim=(1, 2, 3))
+    return _pixel_bce(model(batch[0]), batch[0])
 
 
 def labelled_reconstruction_loss(
@@ -59,10 +62,7 @@ def labelled_reconstruction_loss(
     the loss of a `LabelledAutoencoder` on (images, labels) batches."""
     x, y = batch[0], batch[1]
     recon, label_logits = model(x)
-    per_pixel = F.binary_cross_entropy_with_logits(recon, x, reduction="none")
-    return per_pixel.mean(dim=(1, 2, 3)) + weight * F.cross_entropy(
-        label_logits, y, reduction="none"
-    )
+    return _pixel_bce(recon, x) + weight * F.cross_entropy(label_logits, y, reduction="none")
 
 
 def new_labelled_autoencoder(factory, num_classes: int) -> LabelledAutoencoder:

@@ -30,7 +30,7 @@ def test_the_loss_is_reconstruction_plus_weighted_cross_entropy_per_record():
     assert loss.shape == (5,)
 
 
-def test_only_the_autoencoder_takes_a_label_loss(tmp_path):
+def test_only_the_autoencoder_takes_a_label_loss():
     base = {"mode": "released", "stage1.label_objective_weight": 0.5}
     assert load_config(None, base).stage1.label_objective_weight == 0.5
     with pytest.raises(ValueError, match="label_objective_weight"):

@@ -1,7 +1,8 @@
 """Stage 1 as a seam: a `Stage1Mechanism` names the model trained with DP-SGD on the private
-records (a picklable factory and a per-record loss, so the same pieces run in-process or on Ray
-Train workers), and what it produces afterwards: a DP release of per-record latents (accounted
-by the plan's release event) or private latents for a DP stage 2.
+records (its `TrainingInputs`: a picklable factory, the per-record tensors and loss, so the same
+pieces run in-process or on Ray Train workers; a label objective is one such choice), and what it
+produces afterwards: a DP release of per-record latents (accounted by the plan's release event)
+or private latents for a DP stage 2.
 
 Two mechanisms: `dpsgd-autoencoder` and `lipschitz-vae`. Adding one: a class like these and a
 line in `STAGE1_MECHANISMS`; `stages/plan.py` states what it spends.
@@ -54,6 +55,16 @@ in-process (`train_locally`) or on Ray Train (`distributed/stage1_train.py`, via
 
 
 @dataclass(frozen=True)
+class TrainingInputs:
+    """What DP-SGD trains on: a picklable model factory, the per-record tensors (clipped and
+    noised together, so every one of them is covered by the encoder event) and the loss."""
+
+    factory: ModelFactory
+    tensors: list[torch.Tensor]
+    loss_fn: LossFn
+
+
+@dataclass(frozen=True)
 class Stage1Output:
     model: nn.Module
     latents: np.ndarray
@@ -70,9 +81,21 @@ class Stage1Output:
 class Stage1Mechanism(Protocol):
     name: str
     title: str
-    loss_fn: LossFn
 
-    def factory(self, cfg: RunConfig, plan: PrivacyPlan) -> ModelFactory: ...
+    def training_inputs(
+        self,
+        cfg: RunConfig,
+        plan: PrivacyPlan,
+        images: np.ndarray,
+        labels: np.ndarray,
+        num_classes: int,
+    ) -> TrainingInputs:
+        """The model factory, tensors and per-record loss of this mechanism's DP-SGD."""
+        ...
+
+    def trained(self, model: nn.Module) -> nn.Module:
+        """The model to keep after training (training-only parts, such as a head, dropped)."""
+        ...
 
     def blank(self, cfg: RunConfig) -> nn.Module:
         """An untrained model of the configured shape (to load saved weights into)."""
@@ -95,13 +118,29 @@ class DPSGDAutoencoder:
     """The conv autoencoder; its latents are private, or released once with Gaussian noise."""
 
     name, title = "dpsgd-autoencoder", "autoencoder"
-    loss_fn = staticmethod(reconstruction_loss)
 
-    def factory(self, cfg: RunConfig, plan: PrivacyPlan) -> ModelFactory:
+    def training_inputs(self, cfg, plan, images, labels, num_classes) -> TrainingInputs:
+        """With `stage1.label_objective_weight`, a label head on the latent joins the model and
+        the labels join the same clipped DP-SGD batches (the encoder event covers them)."""
         channels, image_size = model_shape(cfg)
-        return functools.partial(
+        factory: ModelFactory = functools.partial(
             new_autoencoder, cfg.stage1, cfg.seed, channels=channels, image_size=image_size
         )
+        tensors = [images_to_tensor(images)]
+        weight = cfg.stage1.label_objective_weight
+        if weight <= 0:
+            return TrainingInputs(factory, tensors, reconstruction_loss)
+        tensors.append(torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+        return TrainingInputs(
+            functools.partial(new_labelled_autoencoder, factory, num_classes),
+            tensors,
+            functools.partial(labelled_reconstruction_loss, weight=weight),
+        )
+
+    def trained(self, model: nn.Module) -> nn.Module:
+        if isinstance(model, LabelledAutoencoder):
+            return model.autoencoder  # the label head is a training aid only, never saved
+        return model
 
     def blank(self, cfg: RunConfig) -> nn.Module:
         channels, image_size = model_shape(cfg)
@@ -128,12 +167,11 @@ class LipschitzVAEMechanism:
     """DP-SGD VAE with an exact Lipschitz bound, then one Gaussian release per record."""
 
     name, title = "lipschitz-vae", "Lipschitz VAE"
-    loss_fn = staticmethod(lipschitz.vae_loss)
 
-    def factory(self, cfg: RunConfig, plan: PrivacyPlan) -> ModelFactory:
+    def training_inputs(self, cfg, plan, images, labels, num_classes) -> TrainingInputs:
         noise_std = lipschitz.training_noise_std(cfg, plan.release_event())
         channels, image_size = model_shape(cfg)
-        return functools.partial(
+        factory = functools.partial(
             lipschitz.make_vae,
             cfg.stage1.latent_dim,
             cfg.stage1.vae_hidden,
@@ -141,6 +179,10 @@ class LipschitzVAEMechanism:
             channels=channels,
             image_size=image_size,
         )
+        return TrainingInputs(factory, [images_to_tensor(images)], lipschitz.vae_loss)
+
+    def trained(self, model: nn.Module) -> nn.Module:
+        return model
 
     def blank(self, cfg: RunConfig) -> nn.Module:
         return lipschitz.new_lipschitz_vae(cfg)
@@ -210,26 +252,19 @@ def run_stage1(
         f"stage 1: {mechanism.title} (DP-SGD), {enc.steps} steps, "
         f"sigma {enc.noise_multiplier:.3f}, q {enc.sampling_rate:.4f}"
     )
-    factory, tensors, loss_fn = mechanism.factory(cfg, plan), [images_to_tensor(images)], None
-    if cfg.stage1.label_objective_weight > 0:  # the labels join the DP-SGD batches (same clipping)
-        factory = functools.partial(new_labelled_autoencoder, factory, ctx.spec.num_classes)
-        tensors.append(torch.from_numpy(np.asarray(labels, dtype=np.int64)))
-        loss_fn = functools.partial(
-            labelled_reconstruction_loss, weight=cfg.stage1.label_objective_weight
-        )
+    inputs = mechanism.training_inputs(cfg, plan, images, labels, ctx.spec.num_classes)
     with ctx.timed("encoder", steps=enc.steps, mechanism=mechanism.name) as details:
         model, execution = train(
             ctx,
-            factory,
-            tensors,
-            loss_fn or mechanism.loss_fn,
+            inputs.factory,
+            inputs.tensors,
+            inputs.loss_fn,
             enc,
             session,
             MechanismKey.fresh("stage1-dpsgd"),
         )
         details |= execution
-    if isinstance(model, LabelledAutoencoder):
-        model = model.autoencoder  # the label head is a training aid only
+    model = mechanism.trained(model)
     with ctx.timed("latents", mode=cfg.mode) as details:
         out = mechanism.produce(ctx, model, images, labels, plan, session)
         del images

@@ -128,8 +128,9 @@ class Stage1Config(Section):
     Lipschitz bound whose latents are released by the Gaussian mechanism: `released` mode only;
     stages/lipschitz_release.py)."""
     label_objective_weight: Annotated[Float, Field(ge=0.0, le=100.0)] = 0.0
-    """`dpsgd-autoencoder`: weight of a label cross-entropy (a linear head on the latent, dropped
-    after training) beside the reconstruction loss. It spreads the classes apart in the latent,
+    """Weight of a label cross-entropy (a linear head on the latent, dropped after training)
+    beside the reconstruction loss (both mechanisms; for `lipschitz-vae` the head reads mu(x)
+    and is no part of the bounded encoder). It spreads the classes apart in the latent,
     which a per-record release (`released` mode) needs; the labels are then in the DP-SGD
     batches, under the same per-record clipping and noise (no extra privacy cost)."""
     vae_hidden: Annotated[int, Field(ge=2, multiple_of=2), NoBool] = 256
@@ -317,11 +318,6 @@ class RunConfig(Section):
             raise ValueError(
                 "stage1.mechanism lipschitz-vae is a per-record release of the latents: it "
                 f"needs mode: released, not {self.mode!r}"
-            )
-        if self.stage1.label_objective_weight and self.stage1.mechanism != "dpsgd-autoencoder":
-            raise ValueError(
-                "stage1.label_objective_weight trains a label head on the autoencoder's latent: it "
-                "needs stage1.mechanism: dpsgd-autoencoder"
             )
         if self.tune.trials and self.mode == "private" and self.stage2.private_model != "diffusion":
             raise ValueError(

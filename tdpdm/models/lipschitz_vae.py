@@ -171,7 +171,30 @@ class LipschitzVAE(nn.Module):
         optimiser, and it works unchanged inside Opacus's and Ray Train's wrappers (every rank
         holds the same weights, so every rank projects identically). Callers project once more
         after the last step."""
+        return self.reconstruct(x)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction logits, the noiseless latent mu(x) / R): `forward`, plus the latent a
+        training-only label head reads (`LabelledLipschitzVAE`)."""
         if self.training:
             self.project_weights()
         z = self.mean(x)
-        return self.decoder((z + self.noise_std * torch.randn_like(z)) / self.latent_radius)
+        logits = self.decoder((z + self.noise_std * torch.randn_like(z)) / self.latent_radius)
+        return logits, z / self.latent_radius
+
+
+class LabelledLipschitzVAE(nn.Module):
+    """A Lipschitz VAE with a linear label head on its latent, for stage-1 training only
+    (`stage1.label_objective_weight`), as `LabelledAutoencoder` is for the autoencoder. The head
+    reads mu(x) but is no part of the encoder, so the proven bound on mu is untouched; it is
+    dropped after training (`vae`) and never reaches a release or a checkpoint."""
+
+    def __init__(self, vae: LipschitzVAE, num_classes: int) -> None:
+        super().__init__()
+        self.vae = vae
+        self.label_head = nn.Linear(vae.latent_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction logits, label logits)."""
+        logits, z = self.vae.reconstruct(x)
+        return logits, self.label_head(z)

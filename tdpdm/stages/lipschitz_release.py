@@ -37,7 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdpdm.config import RunConfig
-from tdpdm.models.lipschitz_vae import INPUT_DIAMETER, LipschitzVAE, input_diameter
+from tdpdm.models.lipschitz_vae import (
+    INPUT_DIAMETER,
+    LabelledLipschitzVAE,
+    LipschitzVAE,
+    input_diameter,
+)
 from tdpdm.privacy.events import GaussianEvent
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
@@ -182,6 +187,25 @@ def vae_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     i.e. the signal the release lets through; it is left out."""
     x = batch[0]
     return F.binary_cross_entropy_with_logits(model(x), x, reduction="none").sum(dim=(1, 2, 3))
+
+
+def labelled_vae_loss(
+    model: nn.Module, batch: list[torch.Tensor], *, weight: float
+) -> torch.Tensor:
+    """`vae_loss` plus `weight` times the label head's cross-entropy per record, shape (B,), for
+    a `LabelledLipschitzVAE` on (images, labels) batches. The cross-entropy is scaled by the
+    pixel count, as the BCE here is summed over pixels (the autoencoder's is averaged): a weight
+    then means the same balance in both mechanisms."""
+    x, y = batch[0], batch[1]
+    recon, label_logits = model(x)
+    bce = F.binary_cross_entropy_with_logits(recon, x, reduction="none").sum(dim=(1, 2, 3))
+    pixels = x[0].numel()
+    return bce + weight * pixels * F.cross_entropy(label_logits, y, reduction="none")
+
+
+def new_labelled_vae(factory, num_classes: int) -> LabelledLipschitzVAE:
+    """`factory()`'s VAE with a label head (module level: picklable for Ray workers)."""
+    return LabelledLipschitzVAE(factory(), num_classes)
 
 
 def train_lipschitz_vae(

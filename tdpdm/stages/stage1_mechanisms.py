@@ -22,6 +22,7 @@ from torch import nn
 from tdpdm.config import RunConfig
 from tdpdm.data.private import PrivateTrainingSet
 from tdpdm.models.autoencoder import LabelledAutoencoder
+from tdpdm.models.lipschitz_vae import LabelledLipschitzVAE
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import event_to_dict
 from tdpdm.privacy.randomness import MechanismKey
@@ -179,9 +180,20 @@ class LipschitzVAEMechanism:
             channels=channels,
             image_size=image_size,
         )
-        return TrainingInputs(factory, [images_to_tensor(images)], lipschitz.vae_loss)
+        tensors = [images_to_tensor(images)]
+        weight = cfg.stage1.label_objective_weight
+        if weight <= 0:
+            return TrainingInputs(factory, tensors, lipschitz.vae_loss)
+        tensors.append(torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+        return TrainingInputs(
+            functools.partial(lipschitz.new_labelled_vae, factory, num_classes),
+            tensors,
+            functools.partial(lipschitz.labelled_vae_loss, weight=weight),
+        )
 
     def trained(self, model: nn.Module) -> nn.Module:
+        if isinstance(model, LabelledLipschitzVAE):
+            return model.vae  # the label head is a training aid only, never saved
         return model
 
     def blank(self, cfg: RunConfig) -> nn.Module:

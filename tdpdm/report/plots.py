@@ -14,6 +14,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -102,10 +103,21 @@ def privacy_utility_figure(
     fig = Figure(figsize=(10, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(PANELS))
+    palette = colormaps["tab20"].colors
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(sorted(names))}
+    datasets = sorted({name.split(" / ")[0] for name in names})
+    styles = {d: ("-", "--", ":", "-.")[i % 4] for i, d in enumerate(datasets)}
     for ax, (key, ylabel) in zip(axes, PANELS, strict=True):
         series = _series(rows, key)
         for name, pts in series.items():
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                label=name,
+                color=colours[name],  # one colour a series in both panels, 20 before repeating
+                linestyle=styles[name.split(" / ")[0]],  # a line style a data set
+            )
         here = (_finite(current.get("epsilon")), _finite(current.get(key))) if current else None
         if here and here[0] and here[0] > 0 and here[1] is not None:
             ax.scatter(

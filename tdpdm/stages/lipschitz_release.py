@@ -185,8 +185,11 @@ def vae_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     is not spent on gradients far smaller than the norm it is calibrated for. The posterior std
     is fixed (the release noise), so the ELBO's KL term to a Gaussian prior would only shrink mu,
     i.e. the signal the release lets through; it is left out."""
-    x = batch[0]
-    return F.binary_cross_entropy_with_logits(model(x), x, reduction="none").sum(dim=(1, 2, 3))
+    return _summed_bce(model(batch[0]), batch[0])
+
+
+def _summed_bce(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=(1, 2, 3))
 
 
 def labelled_vae_loss(
@@ -198,9 +201,10 @@ def labelled_vae_loss(
     then means the same balance in both mechanisms."""
     x, y = batch[0], batch[1]
     recon, label_logits = model(x)
-    bce = F.binary_cross_entropy_with_logits(recon, x, reduction="none").sum(dim=(1, 2, 3))
     pixels = x[0].numel()
-    return bce + weight * pixels * F.cross_entropy(label_logits, y, reduction="none")
+    return _summed_bce(recon, x) + weight * pixels * F.cross_entropy(
+        label_logits, y, reduction="none"
+    )
 
 
 def new_labelled_vae(factory, num_classes: int) -> LabelledLipschitzVAE:

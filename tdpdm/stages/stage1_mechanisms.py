@@ -65,6 +65,27 @@ class TrainingInputs:
     loss_fn: LossFn
 
 
+def _label_objective(
+    plain: TrainingInputs,
+    cfg: RunConfig,
+    labels: np.ndarray,
+    num_classes: int,
+    labelled_model: Callable[..., nn.Module],
+    labelled_loss: Callable[..., torch.Tensor],
+) -> TrainingInputs:
+    """`plain`, or with `stage1.label_objective_weight` > 0: the model wrapped with a label head
+    (`labelled_model(factory, num_classes)`), the labels as a second per-record tensor (in the
+    same clipped, noised batches) and `labelled_loss(..., weight=w)`."""
+    weight = cfg.stage1.label_objective_weight
+    if weight <= 0:
+        return plain
+    return TrainingInputs(
+        functools.partial(labelled_model, plain.factory, num_classes),
+        [*plain.tensors, torch.from_numpy(np.asarray(labels, dtype=np.int64))],
+        functools.partial(labelled_loss, weight=weight),
+    )
+
+
 @dataclass(frozen=True)
 class Stage1Output:
     model: nn.Module
@@ -127,15 +148,9 @@ class DPSGDAutoencoder:
         factory: ModelFactory = functools.partial(
             new_autoencoder, cfg.stage1, cfg.seed, channels=channels, image_size=image_size
         )
-        tensors = [images_to_tensor(images)]
-        weight = cfg.stage1.label_objective_weight
-        if weight <= 0:
-            return TrainingInputs(factory, tensors, reconstruction_loss)
-        tensors.append(torch.from_numpy(np.asarray(labels, dtype=np.int64)))
-        return TrainingInputs(
-            functools.partial(new_labelled_autoencoder, factory, num_classes),
-            tensors,
-            functools.partial(labelled_reconstruction_loss, weight=weight),
+        plain = TrainingInputs(factory, [images_to_tensor(images)], reconstruction_loss)
+        return _label_objective(
+            plain, cfg, labels, num_classes, new_labelled_autoencoder, labelled_reconstruction_loss
         )
 
     def trained(self, model: nn.Module) -> nn.Module:
@@ -180,15 +195,9 @@ class LipschitzVAEMechanism:
             channels=channels,
             image_size=image_size,
         )
-        tensors = [images_to_tensor(images)]
-        weight = cfg.stage1.label_objective_weight
-        if weight <= 0:
-            return TrainingInputs(factory, tensors, lipschitz.vae_loss)
-        tensors.append(torch.from_numpy(np.asarray(labels, dtype=np.int64)))
-        return TrainingInputs(
-            functools.partial(lipschitz.new_labelled_vae, factory, num_classes),
-            tensors,
-            functools.partial(lipschitz.labelled_vae_loss, weight=weight),
+        plain = TrainingInputs(factory, [images_to_tensor(images)], lipschitz.vae_loss)
+        return _label_objective(
+            plain, cfg, labels, num_classes, lipschitz.new_labelled_vae, lipschitz.labelled_vae_loss
         )
 
     def trained(self, model: nn.Module) -> nn.Module:

@@ -213,17 +213,51 @@ def _component_gaussians(z, labels, weights, means, covs, *, covariance, plan, s
         plan=MomentsPlan(plan.noise_multiplier), session=_Relabelled(session, plan), key=key,
         scales=scales,
     )  # fmt: skip
-    comp_means, comp_covs = gaussians_from_moments(noisy, d, covariance, scales)
+    comp_means, comp_covs = gaussians_from_moments(noisy, d, covariance, scales, floor=False)
     counts = (noisy[:, 0] / scales.count).reshape(classes, components)
+    comp_covs = comp_covs.reshape(classes, components, d, d)
+    if covariance == "full":
+        noise = covariance_noise_scale(plan.noise_multiplier, scales)
+        for c, k in np.ndindex(classes, components):
+            tau = noise / max(counts[c, k], MIN_COVARIANCE_COUNT)
+            comp_covs[c, k] = denoised_difference(comp_covs[c, k], covs[c, k], tau)
+    diagonal = covariance == "diagonal"
+    comp_covs = np.stack([_floored(cov, diagonal) for cov in comp_covs.reshape(-1, d, d)])
+    comp_covs = comp_covs.reshape(classes, components, d, d)
     usable = (counts >= MIN_COVARIANCE_COUNT)[..., None]
     means = np.where(usable, comp_means.reshape(classes, components, d), means)
-    covs = np.where(usable[..., None], comp_covs.reshape(classes, components, d, d), covs)
+    covs = np.where(usable[..., None], comp_covs, covs)
     alive = counts >= MIN_COUNT
     for c in range(classes):
         w = np.where(alive[c], counts[c], 0.0)
         if w.sum() > 0:
             weights[c] = w / w.sum()
     return weights, means, covs
+
+
+def covariance_noise_scale(noise_multiplier: float, scales: MomentScales) -> float:
+    """Std of the release's noise on one off-diagonal entry of a summed z z^T (diagonal entries:
+    sqrt(2) times it): the Gaussian noise times the second moments' scale (`moment_features`)."""
+    return noise_multiplier * scales.second_bound("full") / (scales.second * math.sqrt(2.0))
+
+
+def denoised_difference(noisy: np.ndarray, base: np.ndarray, tau: float) -> np.ndarray:
+    """`base` plus the part of `noisy - base` that stands out of the release's noise.
+
+    The noise on a component's covariance is a symmetric matrix with independent entries of std
+    `tau` (off-diagonal; sqrt(2) tau on the diagonal): its eigenvalues fill [-2 tau sqrt(d),
+    2 tau sqrt(d)] (the semicircle law), wider than the small eigenvalues of a latent covariance
+    when a component has a few hundred records. So only the eigen-directions of the difference
+    from the well-determined class covariance whose eigenvalue passes that edge are kept, each
+    shrunk to the spike that would produce it (lambda = theta + d tau^2 / theta). Post-processing
+    of released values and the public noise scale: no privacy cost."""
+    d = noisy.shape[0]
+    vals, vecs = np.linalg.eigh((noisy - base + (noisy - base).T) / 2)
+    edge = 2.0 * tau * math.sqrt(d)
+    keep = np.abs(vals) > edge
+    root = np.sqrt(np.maximum(vals**2 - edge**2, 0.0))
+    spikes = np.where(keep, np.sign(vals) * (np.abs(vals) + root) / 2.0, 0.0)
+    return base + (vecs * spikes) @ vecs.T
 
 
 class _Relabelled:

@@ -159,9 +159,14 @@ def _psd(cov: np.ndarray) -> np.ndarray:
 
 
 def gaussians_from_moments(
-    noisy: np.ndarray, latent_dim: int, covariance: str, scales: MomentScales | None = None
+    noisy: np.ndarray,
+    latent_dim: int,
+    covariance: str,
+    scales: MomentScales | None = None,
+    floor: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Post-processing: (means (C, d), covariances (C, d, d)) from the noisy table."""
+    """Post-processing: (means (C, d), covariances (C, d, d)) from the noisy table; `floor`
+    False leaves full covariances unfloored (symmetric, possibly indefinite) for denoising."""
     d = latent_dim
     scales = scales or MomentScales.for_latent(d)
     counts = np.maximum(noisy[:, 0] / scales.count, 1.0)
@@ -181,7 +186,7 @@ def gaussians_from_moments(
         within = _psd(scatter / counts.sum())
         return means, np.broadcast_to(within, (len(noisy), d, d)).copy()
     covs = raw / counts[:, None, None] - np.einsum("ci,cj->cij", means, means)
-    return means, np.stack([_psd(c) for c in covs])
+    return means, np.stack([_psd(c) for c in covs]) if floor else covs
 
 
 class DPMoments:

@@ -178,3 +178,59 @@ def test_per_component_covariances_from_one_more_release():
     planned = DPMixture().plan(cfg, 10_000, Adjacency.ADD_REMOVE, 1e-5, spent)
     total = compute_epsilon([*spent, *planned.events()], 1e-5, Adjacency.ADD_REMOVE).epsilon
     assert planned.component_moments and 3.9 < total <= 4.0
+
+
+def _symmetric_noise(rng, d: int, tau: float) -> np.ndarray:
+    """The release's noise on a summed z z^T / n: std tau off the diagonal, sqrt(2) tau on it."""
+    upper = np.triu(rng.normal(0.0, tau, (d, d)), 1)
+    return upper + upper.T + np.diag(rng.normal(0.0, np.sqrt(2.0) * tau, d))
+
+
+def test_denoised_difference_drops_what_is_pure_noise():
+    """A component whose covariance equals the class's gets the class's back, not the noise
+    (whose eigenvalues, up to 2 tau sqrt(d), would dwarf a latent's small variances)."""
+    from tdpdm.stages.dp_mixture import denoised_difference
+
+    rng, d, tau = np.random.default_rng(0), 60, 0.01
+    base = 0.05 * np.eye(d)
+    noise = _symmetric_noise(rng, d, tau)
+    out = denoised_difference(base + noise, base, tau)
+    assert np.linalg.norm(out - base) < 0.1 * np.linalg.norm(noise)
+    assert np.allclose(out, out.T)
+
+
+def test_denoised_difference_keeps_a_direction_above_the_noise_edge():
+    """A component that is wider than its class along one direction keeps that direction, at
+    about its true size, and the error falls far below the raw noisy estimate's."""
+    from tdpdm.stages.dp_mixture import denoised_difference
+
+    rng, d, tau = np.random.default_rng(1), 60, 0.01
+    base = 0.05 * np.eye(d)
+    v = rng.normal(size=d)
+    v /= np.linalg.norm(v)
+    theta = 3.0 * tau * np.sqrt(d)  # 1.5 x the noise edge
+    truth = base + theta * np.outer(v, v)
+    noisy = truth + _symmetric_noise(rng, d, tau)
+    out = denoised_difference(noisy, base, tau)
+    top = np.linalg.eigvalsh(out - base)[-1]
+    assert abs(top - theta) < 0.2 * theta
+    assert np.linalg.norm(out - truth) < 0.5 * np.linalg.norm(noisy - truth)
+
+
+def test_covariance_noise_scale_matches_the_release():
+    """The scale the denoiser assumes is the real noise on an off-diagonal entry of a summed
+    z z^T read back from a release (pure noise table: no records)."""
+    from tdpdm.stages.dp_mixture import covariance_noise_scale
+    from tdpdm.stages.dp_moments import MomentScales, gaussians_from_moments
+
+    d, sigma, n = 6, 0.7, 200_000
+    scales = MomentScales.for_latent(d, 0.5)
+    rng = np.random.default_rng(2)
+    p = 1 + d + d * (d + 1) // 2
+    table = rng.normal(0.0, sigma, (n, p))
+    table[:, 0] = scales.count  # a count of exactly one record a row, so cov = raw second moment
+    table[:, 1 : 1 + d] = 0.0
+    _, covs = gaussians_from_moments(table, d, "full", scales, floor=False)
+    tau = covariance_noise_scale(sigma, scales)
+    assert abs(covs[:, 0, 1].std() / tau - 1) < 0.02
+    assert abs(covs[:, 2, 2].std() / (np.sqrt(2) * tau) - 1) < 0.02

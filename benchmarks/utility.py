@@ -55,15 +55,10 @@ CPU_SETTINGS = {
 }
 """Issue 13's CPU configuration: all training records, the 2x7x7 spatial latent, dp-moments."""
 CPU_EPSILON_SETTINGS = {
-    # At epsilon 10 a class's ~6,000 records carry 4 components with their own covariances
-    # (dp-mixture, per-component moments denoised at the noise edge): 94.5 % against dp-moments'
-    # 92.8 % on the same MNIST latents (RESULTS.md, session 9; custodian-side screening).
-    10.0: {
-        "stage1.epsilon_fraction": 0.15,
-        "stage2.private_model": "dp-mixture",
-        "stage2.mixture_components": 4,
-        "stage2.mixture_covariance": "component",
-    },
+    # dp-mixture with 4 components a class and their own (denoised) covariances screened 1.7
+    # points above dp-moments on 20k samples, but tied with it on this protocol (RESULTS.md,
+    # session 9): dp-moments stays, one release and seconds.
+    10.0: {"stage1.epsilon_fraction": 0.15},
     # Stage 1 is cheap in epsilon; with the 0.5 radius the full covariances survive epsilon 1's
     # noise (RESULTS.md, "dp-moments at epsilon 1": 92.3 % against 82.9 % at radius 1).
     1.0: {"stage1.epsilon_fraction": 0.5},
@@ -103,6 +98,13 @@ def _stage2_text(report: dict[str, Any]) -> str:
             f"stage2=dp-moments ({s2.get('moments_covariance', 'full')} covariance, radius "
             f"{radius:g}), {latent}, stage1 epochs={s1.get('epochs', '?')} "
             f"batch={s1.get('batch_size', '?')}"
+        )
+    if report["mode"] == "private" and s2.get("private_model") == "dp-mixture":
+        return (
+            f"stage2=dp-mixture ({s2.get('mixture_components', '?')}/class, "
+            f"{s2.get('moments_covariance', 'full')} covariance per "
+            f"{s2.get('mixture_covariance', 'class')}, radius {s2.get('moments_radius', 1.0):g}), "
+            f"{latent}, stage1 epochs={s1.get('epochs', '?')} batch={s1.get('batch_size', '?')}"
         )
     if report["mode"] == "private":
         return f"stage2=DP-SGD diffusion, {latent}"

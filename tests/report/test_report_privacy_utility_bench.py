@@ -94,6 +94,12 @@ def test_row_has_the_protocol_fields_and_the_gpu_name() -> None:
     moments = _report("private", "cpu", "Xeon")
     moments["config"]["stage2"]["private_model"] = "dp-moments"
     assert utility.row_of(moments)["variant"] == "dp-moments"  # its own line on the plot
+    mixture = _report("private", "cpu", "Xeon")
+    mixture["config"]["stage2"] |= {"private_model": "dp-mixture", "mixture_components": 4,
+                                    "mixture_covariance": "component"}  # fmt: skip
+    notes = utility.row_of(mixture)["notes"]
+    assert "stage2=dp-mixture (4/class" in notes and "per component" in notes
+    assert "diffusion" not in notes  # once labelled DP-SGD diffusion
 
 
 @pytest.mark.skipif(

@@ -39,7 +39,6 @@ from tdpdm.privacy.events import event_from_dict  # noqa: E402
 from tdpdm.privacy.randomness import MechanismKey  # noqa: E402
 from tdpdm.stages.artifacts import RunLayout, load_model_state  # noqa: E402
 from tdpdm.stages.dp_mixture import (  # noqa: E402
-    DPMixture,
     MixturePlan,
     fit_dp_mixture,
     mixture_model,
@@ -82,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--mixture-covariance", default="class", choices=["class", "component"],
         help="dp-mixture: one covariance a class, or one a component (one more release)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--initial-ratio", type=float, default=1.0,
+        help="dp-mixture: release 0's noise multiplier over the last release's",
     )  # fmt: skip
     args = ap.parse_args(argv)
     if args.threads:
@@ -132,17 +135,18 @@ def main(argv: list[str] | None = None) -> int:
             means, covs = gaussians_from_moments(noisy, z.shape[1], covariance, scales)
             model = mixture_model(np.ones((classes, 1)), means[:, None], covs)
         else:
-            if args.rounds == MixturePlan(1.0).rounds:
-                plan = DPMixture().plan(cfg, len(z), adjacency, delta, spent)
-            else:  # the same calibration, for another T
-                per_component = args.mixture_covariance == "component"
-                sigma = calibrate_noise(
-                    lambda s, pc=per_component: MixturePlan(
-                        s, rounds=args.rounds, component_moments=pc
-                    ).events(),
-                    cfg.epsilon, delta, adjacency, fixed_events=spent,
-                )  # fmt: skip
-                plan = MixturePlan(sigma, rounds=args.rounds, component_moments=per_component)
+            per_component = args.mixture_covariance == "component"
+
+            def planned(s: float, pc: bool = per_component) -> MixturePlan:
+                return MixturePlan(
+                    s, rounds=args.rounds, component_moments=pc, initial_ratio=args.initial_ratio
+                )
+
+            # DPMixture.plan's calibration, for any T and release-0 ratio
+            sigma = calibrate_noise(
+                lambda s: planned(s).events(), cfg.epsilon, delta, adjacency, fixed_events=spent
+            )
+            plan = planned(sigma)
             weights, means, covs = fit_dp_mixture(
                 z, labels, num_classes=classes, components=k, covariance=covariance, plan=plan,
                 session=session, key=key, scales=MomentScales.for_latent(z.shape[1], radius),
@@ -161,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "model": f"dp-moments r={radius}"
             if k == 1
-            else f"dp-mixture K={k} T={args.rounds} r={radius} {args.mixture_covariance}",
+            else f"dp-mixture K={k} T={args.rounds} r={radius} {args.mixture_covariance} "
+            f"r0={args.initial_ratio:g}",
             "covariance": covariance,
             "accuracy": round(100 * float(acc), 2),
             "epsilon_with_encoder": round(epsilon, 3),

@@ -75,16 +75,23 @@ class MixturePlan:
     ratio: float = ROUND_NOISE_RATIO
     component_moments: bool = False
     """Release T+1: per-component moments (`mixture_covariance: component`)."""
+    initial_ratio: float = 1.0
+    """Release 0's noise multiplier over `noise_multiplier`: with per-component moments it
+    only seeds the rounds and gives the class covariance the components are denoised toward."""
 
     @property
     def round_noise_multiplier(self) -> float:
         return self.ratio * self.noise_multiplier
 
+    @property
+    def initial_noise_multiplier(self) -> float:
+        return self.initial_ratio * self.noise_multiplier
+
     def round_event(self) -> GaussianEvent:
         return GaussianEvent(self.round_noise_multiplier, count=1, stage=MIXTURE_STAGE)
 
     def events(self) -> list[Event]:
-        first = MomentsPlan(self.noise_multiplier).events()
+        first = MomentsPlan(self.initial_noise_multiplier).events()
         rounds = GaussianEvent(self.round_noise_multiplier, self.rounds, MIXTURE_STAGE)
         if not self.component_moments:
             return [*first, rounds]
@@ -167,7 +174,7 @@ def fit_dp_mixture(
     labels = np.asarray(labels, dtype=np.int64)
     d, diagonal = z.shape[1], covariance == "diagonal"
     scales = scales or MomentScales.for_latent(d)
-    moments = MomentsPlan(plan.noise_multiplier)
+    moments = MomentsPlan(plan.initial_noise_multiplier)
     noisy = release_moments(
         z, labels, num_classes=num_classes, covariance=covariance, plan=moments,
         session=session, key=key.child("moments"), scales=scales,

@@ -234,3 +234,14 @@ def test_covariance_noise_scale_matches_the_release():
     tau = covariance_noise_scale(sigma, scales)
     assert abs(covs[:, 0, 1].std() / tau - 1) < 0.02
     assert abs(covs[:, 2, 2].std() / (np.sqrt(2) * tau) - 1) < 0.02
+
+
+def test_initial_ratio_sets_the_noise_of_release_zero_only():
+    """`initial_ratio` moves budget between release 0 and the last one; the fit records release 0
+    at that noise, and the rounds and the component release keep theirs."""
+    plan, tally = MixturePlan(0.5, component_moments=True, initial_ratio=3.0), EventTally()
+    first, rounds, components = plan.events()
+    assert first == GaussianEvent(1.5, count=1, stage=MOMENTS_STAGE)
+    assert rounds.noise_multiplier == 1.5 and components.noise_multiplier == 0.5
+    _fit(plan, tally)
+    assert tally.events[0] == first and tally.events[-1] == components

@@ -234,8 +234,8 @@ def _component_gaussians(z, labels, weights, means, covs, *, covariance, plan, s
             tau = noise / max(counts[c, k], MIN_COVARIANCE_COUNT)
             comp_covs[c, k] = denoised_difference(comp_covs[c, k], covs[c, k], tau)
     diagonal = covariance == "diagonal"
-    comp_covs = np.stack([_floored(cov, diagonal) for cov in comp_covs.reshape(-1, d, d)])
-    comp_covs = comp_covs.reshape(classes, components, d, d)
+    for c, k in np.ndindex(classes, components):
+        comp_covs[c, k] = _floored(comp_covs[c, k], diagonal)
     usable = (counts >= MIN_COVARIANCE_COUNT)[..., None]
     means = np.where(usable, comp_means.reshape(classes, components, d), means)
     covs = np.where(usable[..., None], comp_covs, covs)
@@ -264,7 +264,8 @@ def denoised_difference(noisy: np.ndarray, base: np.ndarray, tau: float) -> np.n
     shrunk to the spike that would produce it (lambda = theta + d tau^2 / theta). Post-processing
     of released values and the public noise scale: no privacy cost."""
     d = noisy.shape[0]
-    vals, vecs = np.linalg.eigh((noisy - base + (noisy - base).T) / 2)
+    diff = noisy - base
+    vals, vecs = np.linalg.eigh((diff + diff.T) / 2)
     edge = 2.0 * tau * math.sqrt(d)
     keep = np.abs(vals) > edge
     root = np.sqrt(np.maximum(vals**2 - edge**2, 0.0))

@@ -47,8 +47,7 @@ from tdpdm.stages.dp_moments import (  # noqa: E402
     DPMoments,
     MomentScales,
     MomentsPlan,
-    gaussians_from_moments,
-    release_moments,
+    class_gaussians,
 )
 from tdpdm.stages.encode import build_autoencoder  # noqa: E402
 from tdpdm.stages.latents_io import read_latents  # noqa: E402
@@ -86,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         "--initial-ratio", type=float, default=1.0,
         help="dp-mixture: release 0's noise multiplier over the last release's",
     )  # fmt: skip
+    ap.add_argument(
+        "--centred", action="store_true",
+        help="second moments about released centres (stage2.moments_centred)",
+    )  # fmt: skip
+    ap.add_argument("--clip-ratio", type=float, default=2.5, help="centred: radius^2 / spread")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     spent = [event_from_dict(e) for e in privacy["events"] if e["stage"] == "encoder"]
     cfg = RunConfig(
         epsilon=float(privacy["target_epsilon"]),
-        stage2={"mixture_covariance": args.mixture_covariance},
+        stage2={
+            "mixture_covariance": args.mixture_covariance,
+            "moments_centred": args.centred,
+            "moments_clip_ratio": args.clip_ratio,
+        },
     )
     covariances = (args.covariance or config["stage2"]["moments_covariance"]).split(",")
     radii = [float(r) for r in args.radius.split(",") if r] or [
@@ -126,21 +134,20 @@ def main(argv: list[str] | None = None) -> int:
         if k == 1:
             plan = DPMoments().plan(cfg, len(z), adjacency, delta, spent)
             if args.sigma:
-                plan = MomentsPlan(args.sigma)
-            scales = MomentScales.for_latent(z.shape[1], radius)
-            noisy = release_moments(
+                plan = MomentsPlan(args.sigma, centred=args.centred, clip_ratio=args.clip_ratio)
+            means, covs = class_gaussians(
                 z, labels, num_classes=classes, covariance=covariance, plan=plan,
-                session=session, key=key, scales=scales,
+                session=session, key=key, scales=MomentScales.for_latent(z.shape[1], radius),
             )  # fmt: skip
-            means, covs = gaussians_from_moments(noisy, z.shape[1], covariance, scales)
             model = mixture_model(np.ones((classes, 1)), means[:, None], covs)
         else:
             per_component = args.mixture_covariance == "component"
 
             def planned(s: float, pc: bool = per_component) -> MixturePlan:
                 return MixturePlan(
-                    s, rounds=args.rounds, component_moments=pc, initial_ratio=args.initial_ratio
-                )
+                    s, rounds=args.rounds, component_moments=pc, initial_ratio=args.initial_ratio,
+                    centred=args.centred, clip_ratio=args.clip_ratio,
+                )  # fmt: skip
 
             # DPMixture.plan's calibration, for any T and release-0 ratio
             sigma = calibrate_noise(
@@ -162,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             images, synth_labels, test_x, test_y, epochs=args.epochs, seed=args.seed,
             device="cpu", progress=False, num_classes=classes,
         )["accuracy"]  # fmt: skip
+        centring = f" centred c={args.clip_ratio:g}" if args.centred else ""
         row = {
-            "model": f"dp-moments r={radius}"
-            if k == 1
-            else f"dp-mixture K={k} T={args.rounds} r={radius} {args.mixture_covariance} "
-            f"r0={args.initial_ratio:g}",
+            "model": (
+                f"dp-moments r={radius}"
+                if k == 1
+                else f"dp-mixture K={k} T={args.rounds} r={radius} {args.mixture_covariance} "
+                f"r0={args.initial_ratio:g}"
+            )
+            + centring,
             "covariance": covariance,
             "accuracy": round(100 * float(acc), 2),
             "epsilon_with_encoder": round(epsilon, 3),

@@ -48,10 +48,15 @@ from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.context import RunContext
 from tdpdm.stages.deconvolve import LatentMixture
 from tdpdm.stages.dp_moments import (
+    CLIP_RATIO,
     VARIANCE_FLOOR,
     MomentScales,
     MomentsPlan,
+    class_gaussians,
+    clip_radii,
+    gaussians_about_centres,
     gaussians_from_moments,
+    release_centred,
     release_moments,
 )
 
@@ -80,6 +85,13 @@ class MixturePlan:
     initial_ratio: float = 1.0
     """Release 0's noise multiplier over `noise_multiplier`: with per-component moments it
     only seeds the rounds and gives the class covariance the components are denoised toward."""
+    centred: bool = False
+    """Second moments about public centres (`moments_centred`): release 0 becomes dp-moments'
+    two centred releases, and release T+1 is centred on the round-T means."""
+    clip_ratio: float = CLIP_RATIO
+
+    def moments_plan(self, noise_multiplier: float) -> MomentsPlan:
+        return MomentsPlan(noise_multiplier, centred=self.centred, clip_ratio=self.clip_ratio)
 
     @property
     def round_noise_multiplier(self) -> float:
@@ -93,7 +105,7 @@ class MixturePlan:
         return GaussianEvent(self.round_noise_multiplier, count=1, stage=MIXTURE_STAGE)
 
     def events(self) -> list[Event]:
-        first = MomentsPlan(self.initial_noise_multiplier).events()
+        first = self.moments_plan(self.initial_noise_multiplier).events()
         rounds = GaussianEvent(self.round_noise_multiplier, self.rounds, MIXTURE_STAGE)
         if not self.component_moments:
             return [*first, rounds]
@@ -176,12 +188,11 @@ def fit_dp_mixture(
     labels = np.asarray(labels, dtype=np.int64)
     d, diagonal = z.shape[1], covariance == "diagonal"
     scales = scales or MomentScales.for_latent(d)
-    moments = MomentsPlan(plan.initial_noise_multiplier)
-    noisy = release_moments(
-        z, labels, num_classes=num_classes, covariance=covariance, plan=moments,
-        session=session, key=key.child("moments"), scales=scales,
+    class_means, class_covs = class_gaussians(
+        z, labels, num_classes=num_classes, covariance=covariance,
+        plan=plan.moments_plan(plan.initial_noise_multiplier), session=session,
+        key=key.child("moments"), scales=scales,
     )  # fmt: skip
-    class_means, class_covs = gaussians_from_moments(noisy, d, covariance, scales)
     # Everything below until the next release is post-processing of released values.
     weights = np.full((num_classes, components), 1.0 / components)
     means = np.stack([initial_means(class_means[c], class_covs[c], components)
@@ -220,17 +231,31 @@ def _component_gaussians(z, labels, weights, means, covs, *, covariance, plan, s
     per-component moments; the assignment uses only the round-T model (released values)."""
     classes, components, d = means.shape
     comp = assign_classes(z, labels, weights, means, covs[:, 0])
-    noisy = release_moments(
-        z, labels * components + comp, num_classes=classes * components, covariance=covariance,
-        plan=MomentsPlan(plan.noise_multiplier), session=_Relabelled(session, plan), key=key,
-        scales=scales,
-    )  # fmt: skip
-    comp_means, comp_covs = gaussians_from_moments(noisy, d, covariance, scales, floor=False)
-    counts = (noisy[:, 0] / scales.count).reshape(classes, components)
+    rows, moments = labels * components + comp, MomentsPlan(plan.noise_multiplier)
+    if plan.centred:  # about the round-T means, radii from the shared within-class spreads
+        centres = means.reshape(-1, d)
+        radii = clip_radii(np.trace(covs, axis1=2, axis2=3).ravel(), plan.clip_ratio, scales)
+        noisy = release_centred(
+            z, rows, centres=centres, radii=radii, covariance=covariance, plan=moments,
+            session=_Relabelled(session, plan), key=key, scales=scales,
+        )  # fmt: skip
+        comp_means, comp_covs, counts = gaussians_about_centres(
+            noisy, centres, radii, covariance, scales, floor=False
+        )
+        bounds = radii**2
+    else:
+        noisy = release_moments(
+            z, rows, num_classes=classes * components, covariance=covariance, plan=moments,
+            session=_Relabelled(session, plan), key=key, scales=scales,
+        )  # fmt: skip
+        comp_means, comp_covs = gaussians_from_moments(noisy, d, covariance, scales, floor=False)
+        counts = noisy[:, 0] / scales.count
+        bounds = np.full(len(counts), scales.second_bound("full"))
+    counts, bounds = counts.reshape(classes, components), bounds.reshape(classes, components)
     comp_covs = comp_covs.reshape(classes, components, d, d)
     if covariance == "full":
-        noise = covariance_noise_scale(plan.noise_multiplier, scales)
         for c, k in np.ndindex(classes, components):
+            noise = covariance_noise_scale(plan.noise_multiplier, scales, bounds[c, k])
             tau = noise / max(counts[c, k], MIN_COVARIANCE_COUNT)
             comp_covs[c, k] = denoised_difference(comp_covs[c, k], covs[c, k], tau)
     diagonal = covariance == "diagonal"
@@ -247,10 +272,14 @@ def _component_gaussians(z, labels, weights, means, covs, *, covariance, plan, s
     return weights, means, covs
 
 
-def covariance_noise_scale(noise_multiplier: float, scales: MomentScales) -> float:
+def covariance_noise_scale(
+    noise_multiplier: float, scales: MomentScales, bound: float | None = None
+) -> float:
     """Std of the release's noise on one off-diagonal entry of a summed z z^T (diagonal entries:
-    sqrt(2) times it): the Gaussian noise times the second moments' scale (`moment_features`)."""
-    return noise_multiplier * scales.second_bound("full") / (scales.second * math.sqrt(2.0))
+    sqrt(2) times it): the Gaussian noise times the second moments' scale `bound` (R^2 for
+    `moment_features`, the row's rho^2 for `centred_features`)."""
+    bound = scales.second_bound("full") if bound is None else bound
+    return noise_multiplier * bound / (scales.second * math.sqrt(2.0))
 
 
 def denoised_difference(noisy: np.ndarray, base: np.ndarray, tau: float) -> np.ndarray:
@@ -306,12 +335,17 @@ class DPMixture:
     def plan(
         self, cfg: RunConfig, n_records: int, adjacency: Adjacency, delta: float, spent: list[Event]
     ) -> MixturePlan:
-        per_component = cfg.stage2.mixture_covariance == "component"
+        s2 = cfg.stage2
+        options = {
+            "component_moments": s2.mixture_covariance == "component",
+            "centred": s2.moments_centred,
+            "clip_ratio": s2.moments_clip_ratio,
+        }
         sigma = calibrate_noise(
-            lambda s: MixturePlan(s, component_moments=per_component).events(),
-            cfg.epsilon, delta, adjacency, fixed_events=spent,
+            lambda s: MixturePlan(s, **options).events(), cfg.epsilon, delta, adjacency,
+            fixed_events=spent,
         )  # fmt: skip
-        return MixturePlan(sigma, component_moments=per_component)
+        return MixturePlan(sigma, **options)
 
     def fit(self, ctx: RunContext, data, plan, session) -> LatentMixture:
         if not isinstance(plan, MixturePlan) or session is None:

@@ -92,18 +92,22 @@ def _stage2_text(report: dict[str, Any]) -> str:
         latent = f"stage1={mechanism}, {latent}"
     if s1.get("label_objective_weight"):
         latent = f"{latent}, stage1 label_objective_weight={s1['label_objective_weight']:g}"
+    centring = ""
+    if s2.get("moments_centred"):
+        centring = f", centred clip ratio {s2['moments_clip_ratio']:g}"
     if report["mode"] == "private" and s2.get("private_model") == "dp-moments":
         radius = s2.get("moments_radius", 1.0)
         return (
             f"stage2=dp-moments ({s2.get('moments_covariance', 'full')} covariance, radius "
-            f"{radius:g}), {latent}, stage1 epochs={s1.get('epochs', '?')} "
+            f"{radius:g}{centring}), {latent}, stage1 epochs={s1.get('epochs', '?')} "
             f"batch={s1.get('batch_size', '?')}"
         )
     if report["mode"] == "private" and s2.get("private_model") == "dp-mixture":
         return (
             f"stage2=dp-mixture ({s2.get('mixture_components', '?')}/class, "
             f"{s2.get('moments_covariance', 'full')} covariance per "
-            f"{s2.get('mixture_covariance', 'class')}, radius {s2.get('moments_radius', 1.0):g}), "
+            f"{s2.get('mixture_covariance', 'class')}, radius {s2.get('moments_radius', 1.0):g}"
+            f"{centring}), "
             f"{latent}, stage1 epochs={s1.get('epochs', '?')} batch={s1.get('batch_size', '?')}"
         )
     if report["mode"] == "private":

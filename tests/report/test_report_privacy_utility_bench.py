@@ -100,6 +100,9 @@ def test_row_has_the_protocol_fields_and_the_gpu_name() -> None:
     notes = utility.row_of(mixture)["notes"]
     assert "stage2=dp-mixture (4/class" in notes and "per component" in notes
     assert "diffusion" not in notes  # once labelled DP-SGD diffusion
+    assert "centred" not in notes and "centred" not in utility.row_of(moments)["notes"]
+    moments["config"]["stage2"] |= {"moments_centred": True, "moments_clip_ratio": 2.5}
+    assert "radius 1, centred clip ratio 2.5)" in utility.row_of(moments)["notes"]
 
 
 @pytest.mark.skipif(

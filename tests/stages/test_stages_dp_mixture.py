@@ -22,7 +22,7 @@ from tdpdm.stages.dp_mixture import (
     release_round,
     round_features,
 )
-from tdpdm.stages.dp_moments import MOMENTS_STAGE
+from tdpdm.stages.dp_moments import CENTRES_STAGE, MOMENTS_STAGE
 
 # Two classes, each two tight components of unequal weight, far apart (and apart from the other
 # class's); the class means differ, so a fit that mixed classes up would miss every centre.
@@ -98,12 +98,12 @@ def test_the_calibrated_plan_composes_to_the_target():
     cfg = RunConfig(epsilon=4.0)
     spent = [PoissonGaussianEvent(1.0, sampling_rate=0.02, steps=100, stage="encoder")]
     plan = DPMixture().plan(cfg, 10_000, Adjacency.ADD_REMOVE, 1e-5, spent)
-    assert [e.stage for e in plan.events()] == [MOMENTS_STAGE, MIXTURE_STAGE]
-    assert plan.events()[1].count == plan.rounds
+    assert [e.stage for e in plan.events()] == [CENTRES_STAGE, MOMENTS_STAGE, MIXTURE_STAGE]
+    assert plan.events()[2].count == plan.rounds
     total = compute_epsilon([*spent, *plan.events()], 1e-5, Adjacency.ADD_REMOVE).epsilon
     assert 3.9 < total <= 4.0
     # Less noise would overspend: the T rounds are part of the composition, not free.
-    tighter = MixturePlan(plan.noise_multiplier * 0.97).events()
+    tighter = MixturePlan(plan.noise_multiplier * 0.97, centred=True).events()
     assert compute_epsilon([*spent, *tighter], 1e-5, Adjacency.ADD_REMOVE).epsilon > 4.0
 
 
@@ -140,8 +140,10 @@ def test_a_private_run_with_dp_mixture(tmp_path, shared_datasets):
     cfg = load_config(None, overrides)
     report = run_pipeline(cfg, log=lambda m: None).report
     events = report["privacy"]["events"]
-    # One event per release as it ran: the moments, then each of the 3 rounds.
-    assert [e["stage"] for e in events] == ["encoder", MOMENTS_STAGE] + [MIXTURE_STAGE] * 3
+    # One event per release as it ran: the centred moments' two (the default), then each of
+    # the 3 rounds.
+    release0 = [CENTRES_STAGE, MOMENTS_STAGE]
+    assert [e["stage"] for e in events] == ["encoder", *release0] + [MIXTURE_STAGE] * 3
     assert all(e["count"] == 1 for e in events[1:])
     assert report["privacy"]["epsilon"] <= cfg.epsilon
     assert (tmp_path / "out" / "release" / "models" / "diffusion.pt").is_file()

@@ -10,6 +10,7 @@ from tdpdm_test_support import EventTally, tiny_run_overrides
 from tdpdm.privacy.events import GaussianEvent
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.stages.dp_moments import (
+    CENTRES_STAGE,
     MOMENTS_STAGE,
     MomentScales,
     MomentsPlan,
@@ -111,7 +112,8 @@ def test_one_release_recorded_and_noise_from_the_key():
 
 
 def test_a_private_run_with_dp_moments(tmp_path, shared_datasets):
-    """A real tiny run: the plan spends stage 1 + one moments release, within the target."""
+    """A real tiny run: the plan spends stage 1 + the centred moments' two releases (the
+    default), within the target."""
     from tdpdm.config import load_config
     from tdpdm.pipeline import run_pipeline
 
@@ -126,6 +128,6 @@ def test_a_private_run_with_dp_moments(tmp_path, shared_datasets):
     cfg = load_config(None, overrides)
     report = run_pipeline(cfg, log=lambda m: None).report
     stages = [e["stage"] for e in report["privacy"]["events"]]
-    assert stages == ["encoder", MOMENTS_STAGE]
+    assert stages == ["encoder", CENTRES_STAGE, MOMENTS_STAGE]
     assert report["privacy"]["epsilon"] <= cfg.epsilon
     assert (tmp_path / "out" / "release" / "models" / "diffusion.pt").is_file()

@@ -106,6 +106,7 @@ def _stage2_text(report: dict[str, Any]) -> str:
     if report["mode"] == "private" and s2.get("private_model") == "dp-mixture":
         return (
             f"stage2=dp-mixture ({s2.get('mixture_components', '?')}/class, "
+            f"{s2.get('mixture_rounds', 3)} rounds, "
             f"{s2.get('moments_covariance', 'full')} covariance per "
             f"{s2.get('mixture_covariance', 'class')}, radius {s2.get('moments_radius', 1.0):g}"
             f"{centring}), "

@@ -184,6 +184,8 @@ class Stage2Config(Section):
     """dp-moments/-mixture: `full` (one per class), `diagonal` (d, not d(d+1)/2, noisy entries
     per class) or `pooled` (one full within-class covariance from all classes' moments, with
     per-class means: a tenth of the noise; the choice for small epsilon)."""
+    mixture_rounds: PositiveInt = 3
+    """dp-mixture: DP hard-EM rounds (each one Gaussian release of component counts and sums)."""
     mixture_covariance: Literal["class", "component"] = "class"
     """dp-mixture: one covariance a class shared by its components, or one a component (one
     more moments release, per (class, component) row)."""

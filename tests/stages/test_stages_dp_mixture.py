@@ -247,3 +247,14 @@ def test_initial_ratio_sets_the_noise_of_release_zero_only():
     assert rounds.noise_multiplier == 1.5 and components.noise_multiplier == 0.5
     _fit(plan, tally)
     assert tally.events[0] == first and tally.events[-1] == components
+
+
+def test_the_number_of_rounds_comes_from_the_config():
+    """`stage2.mixture_rounds` sets T: the plan's round event counts T releases and the
+    calibration still composes to the target."""
+    cfg = RunConfig(epsilon=4.0, stage2={"mixture_rounds": 2})
+    spent = [PoissonGaussianEvent(1.0, sampling_rate=0.02, steps=100, stage="encoder")]
+    plan = DPMixture().plan(cfg, 10_000, Adjacency.ADD_REMOVE, 1e-5, spent)
+    assert plan.rounds == 2 and plan.events()[-1].count == 2
+    total = compute_epsilon([*spent, *plan.events()], 1e-5, Adjacency.ADD_REMOVE).epsilon
+    assert 3.9 < total <= 4.0

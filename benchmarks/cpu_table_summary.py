@@ -5,7 +5,8 @@ beside the targets and the published anchors.
     python benchmarks/cpu_table_summary.py [--results FILE] [--since-commit ABC1234 ...]
 
 A row counts when it is a private run on all records (n_records = the data set's 60,000) with
-60,000 synthetic samples and the dp-moments stage 2 (its notes say so), on a CPU.
+60,000 synthetic samples and a sufficient-statistics stage 2 (dp-moments or dp-mixture; its
+notes say so), on a CPU; `--since-commit` picks one configuration's rows.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def is_cpu_row(row: dict, commits: set[str] | None) -> bool:
         row.get("mode") == "private"
         and row.get("n_records") == 60000
         and row.get("synthetic_count") == 60000
-        and "stage2=dp-moments" in str(row.get("notes", ""))
+        and str(row.get("notes", "")).startswith(("stage2=dp-moments", "stage2=dp-mixture"))
         and str(row.get("hardware", "")).startswith("CPU")
         and (commits is None or row.get("commit") in commits)
     )

@@ -139,7 +139,10 @@ def test_cpu_table_summary_averages_seeds_and_skips_other_rows(tmp_path) -> None
             "classifier_fd": 100.0, "pipeline_time_s": 300.0, "commit": "abc"}  # fmt: skip
     rows = [base | {"seed": s, "accuracy": a} for s, a in ((0, 0.94), (1, 0.95), (2, 0.96))]
     rows.append(base | {"seed": 0, "accuracy": 0.10, "n_records": 10000})  # a subset run
+    rows.append(base | {"seed": 0, "accuracy": 0.10, "notes": "stage2=DP-SGD diffusion"})
     kept = [r for r in rows if summary.is_cpu_row(r, None)]
     assert len(kept) == 3 and not summary.is_cpu_row(rows[0], {"other"})
+    mixture = base | {"notes": "stage2=dp-mixture (8/class, 2 rounds)"}
+    assert summary.is_cpu_row(mixture, {"abc"})
     line = summary.summary(kept).splitlines()[2]
     assert line.startswith("| mnist | 10 | 0,1,2 | 95.00 ± 1.00 | 96.0 |")

@@ -183,11 +183,10 @@ def _row_sums(rows: np.ndarray, num_rows: int, features) -> np.ndarray:
     """Each record's features summed into its row. In chunks: the full model's features are
     d(d+1)/2 wide (4,851 for d = 98), and all 60k records at once took over 10 GB of
     temporaries (a MemoryError on the 23 GB CI machine)."""
-    table = None
+    table = np.zeros((num_rows, features(slice(0, 0)).shape[1]))
     for i in range(0, len(rows), MOMENTS_CHUNK):
-        part = features(slice(i, i + MOMENTS_CHUNK))
-        onehot = np.eye(num_rows)[rows[i : i + MOMENTS_CHUNK]]
-        table = onehot.T @ part if table is None else table + onehot.T @ part
+        onehot = np.eye(num_rows)[rows[i : i + MOMENTS_CHUNK]]  # (chunk, rows)
+        table += onehot.T @ features(slice(i, i + MOMENTS_CHUNK))
     return table
 
 

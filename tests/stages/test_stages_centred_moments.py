@@ -16,6 +16,7 @@ from tdpdm.privacy.events import GaussianEvent, PoissonGaussianEvent
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.stages.dp_mixture import COMPONENTS_STAGE, MIXTURE_STAGE, MixturePlan, fit_dp_mixture
 from tdpdm.stages.dp_moments import (
+    CENTRE_SHARES,
     CENTRES_STAGE,
     MOMENTS_STAGE,
     DPMoments,
@@ -25,6 +26,7 @@ from tdpdm.stages.dp_moments import (
     class_gaussians,
     clip_latents,
     clip_radii,
+    release_centres,
 )
 
 
@@ -152,3 +154,34 @@ def test_dp_mixture_centred_recovers_each_components_spread():
     assert [e.stage for e in plan.events()] == [
         CENTRES_STAGE, MOMENTS_STAGE, MIXTURE_STAGE, COMPONENTS_STAGE,
     ]  # fmt: skip
+
+
+def test_release_a_moves_by_at_most_one_per_record():
+    """Release A's sensitivity: one record's contribution to its row (the noiseless table of a
+    single record) has norm <= 1, and exactly 1 for a record on the clip sphere."""
+    d = 5
+    scales = MomentScales.for_latent(d, 0.5)
+    tally = EventTally()
+    for z in (np.full((1, d), 1.0), np.full((1, d), 0.1), np.array([[1.0, -1.0, 0, 0, 0]])):
+        clean = release_centres(
+            z, np.array([1]), num_rows=3, plan=MomentsPlan(1e-12, centred=True),
+            session=tally, key=MechanismKey("a", 1), scales=scales,
+        )  # fmt: skip
+        counts, means, _ = clean
+        assert abs(counts[1] - 1.0) < 1e-6
+        assert np.allclose(means[1], clip_latents(z, scales.radius)[0], atol=1e-6)
+    a, b, c = CENTRE_SHARES
+    r = clip_latents(np.full((1, d), 1.0), scales.radius)
+    feature = np.concatenate([[a], r[0] * b / scales.radius, [c * (r**2).sum() / scales.radius**2]])
+    assert abs(np.linalg.norm(feature) - 1.0) < 1e-12  # the bound, tight on the sphere
+    assert [e.stage for e in tally.events] == [CENTRES_STAGE] * 3
+
+
+def test_centred_release_of_no_records_is_pure_noise():
+    """An empty row set: the tables keep their shape (zeros plus noise), no crash."""
+    z = np.zeros((0, 4))
+    counts, means, spreads = release_centres(
+        z, np.zeros(0, dtype=int), num_rows=2, plan=MomentsPlan(1.0, centred=True),
+        session=EventTally(), key=MechanismKey("e", 1), scales=_scales(np.zeros((1, 4))),
+    )  # fmt: skip
+    assert counts.shape == (2,) and means.shape == (2, 4) and spreads.shape == (2,)

@@ -44,6 +44,7 @@ from tdpdm.stages.dp_mixture import (  # noqa: E402
     mixture_model,
 )
 from tdpdm.stages.dp_moments import (  # noqa: E402
+    CLIP_RATIO,
     DPMoments,
     MomentScales,
     MomentsPlan,
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         "--centred", action="store_true",
         help="second moments about released centres (stage2.moments_centred)",
     )  # fmt: skip
-    ap.add_argument("--clip-ratio", type=float, default=2.5, help="centred: radius^2 / spread")
+    ap.add_argument(
+        "--clip-ratio", type=float, default=CLIP_RATIO, help="centred: radius^2 / spread"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -53,7 +53,8 @@ CPU_SETTINGS = {
     "stage2.moments_covariance": "full",
     "stage2.moments_radius": 0.5,
 }
-"""Issue 13's CPU configuration: all training records, the 2x7x7 spatial latent, dp-moments."""
+"""Issue 13's CPU configuration: all training records, the 2x7x7 spatial latent; stage 2 per
+epsilon below (dp-mixture at 10, dp-moments at 1)."""
 CPU_EPSILON_SETTINGS = {
     # dp-mixture, 8 components a class with their own covariances from the centred component
     # release, 2 hard-EM rounds: 96.28 +- 0.06 % against dp-moments' 95.19 +- 0.17 (RESULTS.md,

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "are not a DP release",
         file=sys.stderr,
     )
-    decoder = build_autoencoder(Stage1Config(**config["stage1"]))
+    decoder = build_autoencoder(Stage1Config(**config["stage1"]), num_classes=10)  # built-ins
     load_model_state(layout.autoencoder, decoder)
     decoder.eval()
     z, labels, _ = read_latents(layout.latents("private"))

@@ -125,7 +125,7 @@ def load_run(run: str) -> tuple[dict[str, Any], torch.nn.Module]:
     layout = RunLayout(run)
     report = read_report(run)
     cfg = Stage1Config(**report["config"]["stage1"])
-    model = build_autoencoder(cfg)
+    model = build_autoencoder(cfg, num_classes=10)  # the built-in data sets
     load_model_state(layout.autoencoder, model)
     return report, model.eval()
 
@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             results["a_real"] = cnn(train_x, train_y)
         elif row == "b":
             latents = encode(model, train_x, args.device) if latents is None else latents
-            results["b_reconstructions"] = cnn(decode(model, latents, args.device), train_y)
+            results["b_reconstructions"] = cnn(
+                decode(model, latents, args.device, labels=train_y), train_y
+            )
         elif row == "c":
             latents = encode(model, train_x, args.device) if latents is None else latents
             components = args.components or 1

@@ -87,7 +87,8 @@ class ReleasedRun:
     @classmethod
     def open(cls, run: str, report: dict[str, Any]) -> ReleasedRun:
         cfg = RunConfig().replace(**report["config"])
-        model = STAGE1_MECHANISMS[cfg.stage1.mechanism].blank(cfg)  # as `tdpdm sample --from`
+        # as `tdpdm sample --from` (10 classes: the built-in data sets)
+        model = STAGE1_MECHANISMS[cfg.stage1.mechanism].blank(cfg, 10)
         load_model_state(RunLayout(run).autoencoder, model)
         latents = report["latents"]
         return cls(
@@ -247,7 +248,7 @@ def _fitted_row(
 ) -> float:
     """Row a (the decoder on the clean latents) or b-d (samples of a fit, decoded)."""
     if letter == "a":
-        return cnn(decode(r.model, clean[0], device), labels)
+        return cnn(decode(r.model, clean[0], device, labels=labels), labels)
     x, w, s, t = budget_inputs(
         letter, *clean, noise_std=r.noise_std, label_noise_std=r.label_noise_std, seed=seed
     )

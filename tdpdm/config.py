@@ -133,6 +133,12 @@ class Stage1Config(Section):
     and is no part of the bounded encoder). It spreads the classes apart in the latent,
     which a per-record release (`released` mode) needs; the labels are then in the DP-SGD
     batches, under the same per-record clipping and noise (no extra privacy cost)."""
+    conditional_decoder: bool = False
+    """The decoder reads the one-hot label beside the latent (both mechanisms; the labels ride
+    in the same clipped DP-SGD batches, no extra privacy cost). The class is then drawn by the
+    decoder's DP weights and the latent need only carry the style, which is what a per-record
+    release (`released` mode), whose noise drowns the latents' class signal, needs (issue 14).
+    For `lipschitz-vae` it is no part of the bounded encoder."""
     vae_hidden: Annotated[int, Field(ge=2, multiple_of=2), NoBool] = 256
     """`lipschitz-vae`: width of the encoder and decoder MLPs (even)."""
     vae_training_noise: Literal["release"] | PositiveFloat | None = None

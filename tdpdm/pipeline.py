@@ -149,6 +149,7 @@ def run_encode_stage(
         "latent_channels": s1.latent_channels,
         "mechanism": s1.mechanism,
         "vae_hidden": s1.vae_hidden,
+        "conditional_decoder": s1.conditional_decoder,
         "width": s1.width,
         "channels": ctx.cfg.channels,
         "image_size": ctx.cfg.image_size,
@@ -183,6 +184,7 @@ def run_diffuse_stage(
         width=manifest["width"],
         mechanism=manifest.get("mechanism", "dpsgd-autoencoder"),
         vae_hidden=manifest.get("vae_hidden", cfg.stage1.vae_hidden),
+        conditional_decoder=manifest.get("conditional_decoder", False),
     )
     cfg = cfg.replace(stage1=stage1)  # a checked copy: the caller's config is untouched
     ctx = RunContext.start(cfg, log, telemetry)
@@ -191,7 +193,7 @@ def run_diffuse_stage(
     shape = (ctx.cfg.channels, ctx.cfg.image_size)
     if shape != (manifest.get("channels", 1), manifest.get("image_size", 28)):
         raise ValueError(f"{from_dir} was encoded for another image shape than {shape}")
-    autoencoder = STAGE1_MECHANISMS[stage1.mechanism].blank(ctx.cfg)
+    autoencoder = STAGE1_MECHANISMS[stage1.mechanism].blank(ctx.cfg, ctx.spec.num_classes)
     load_model_state(source.autoencoder, autoencoder)
     latents_uri = source.latents(cfg.mode)
     model2 = stage2_model(cfg)

@@ -120,7 +120,9 @@ def run_audit(
 
     log("audit: scoring the canaries from the run's published artefacts (release/) ...")
     raw = np.asarray(
-        score_fn(RunArtifacts(run_cfg, run_cfg.out), design.candidates, design.labels),
+        score_fn(
+            RunArtifacts(run_cfg, run_cfg.out, spec.num_classes), design.candidates, design.labels
+        ),
         dtype=np.float64,
     )
     scores = canary_scores(design, raw)

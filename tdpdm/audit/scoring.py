@@ -48,6 +48,8 @@ class RunArtifacts:
 
     cfg: RunConfig
     out: str
+    num_classes: int = 10
+    """The data's classes: shapes a label-conditioned decoder (`stage1.conditional_decoder`)."""
     autoencoder_path: str = AUTOENCODER
     latents_path: str = LATENTS
 
@@ -63,7 +65,9 @@ class RunArtifacts:
                 f"{stage1_mechanism(self.cfg)!r}"
             )
         channels, image_size = model_shape(self.cfg)
-        model = build_autoencoder(self.cfg.stage1, channels=channels, image_size=image_size)
+        model = build_autoencoder(
+            self.cfg.stage1, channels=channels, image_size=image_size, num_classes=self.num_classes
+        )
         load_model_state(self.release(self.autoencoder_path), model)
         return model.eval()
 
@@ -71,7 +75,7 @@ class RunArtifacts:
     def lipschitz_vae(self) -> torch.nn.Module:
         from tdpdm.stages.lipschitz_release import new_lipschitz_vae
 
-        model = new_lipschitz_vae(self.cfg)
+        model = new_lipschitz_vae(self.cfg, self.num_classes)
         load_model_state(self.release(self.autoencoder_path), model)
         return model.eval()
 
@@ -81,7 +85,11 @@ class RunArtifacts:
         the same function the pipeline uses)."""
         channels, image_size = model_shape(self.cfg)
         model = new_autoencoder(
-            self.cfg.stage1, self.cfg.seed, channels=channels, image_size=image_size
+            self.cfg.stage1,
+            self.cfg.seed,
+            channels=channels,
+            image_size=image_size,
+            num_classes=self.num_classes,
         )
         return model.eval()
 
@@ -125,9 +133,12 @@ cannot attack that configuration) and `details` (a JSON-able dict the audit repo
 
 
 @torch.no_grad()
-def _per_record_loss(model: LatentAutoencoder, images: np.ndarray, batch: int = 512) -> np.ndarray:
+def _per_record_loss(
+    model: LatentAutoencoder, images: np.ndarray, labels: np.ndarray, batch: int = 512
+) -> np.ndarray:
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     out = [
-        reconstruction_loss(model, [images_to_tensor(images[i : i + batch])])
+        reconstruction_loss(model, [images_to_tensor(images[i : i + batch]), y[i : i + batch]])
         for i in range(0, len(images), batch)
     ]
     return torch.cat(out).double().numpy()
@@ -138,8 +149,8 @@ def reconstruction_gain(art: RunArtifacts, images: np.ndarray, labels: np.ndarra
 
     The loss under the initial weights (public: seed and config) is subtracted so that records
     that are simply easy (or hard) to reconstruct do not look like members (or non-members)."""
-    before = _per_record_loss(art.initial_autoencoder, images)
-    after = _per_record_loss(art.autoencoder, images)
+    before = _per_record_loss(art.initial_autoencoder, images, labels)
+    after = _per_record_loss(art.autoencoder, images, labels)
     return before - after
 
 

@@ -13,11 +13,17 @@ Two shapes of latent (`stage1.latent`):
   scores 98.3-98.7 %, against the vector latent's visible loss.
 
 Both take `channels` (1 grey, 3 RGB) and `image_size` (a multiple of 4; two stride-2 stages).
+
+`label_classes` > 0 (`stage1.conditional_decoder`) makes the decoder read the one-hot label
+beside the latent (a vector: appended; spatial: constant maps), so the class is drawn by the
+decoder's DP weights and the latent only needs the style. A per-record release, whose latents
+are drowned in noise, then still yields images of the sampled class (issue 14).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -50,25 +56,39 @@ def _upsample(width: int, groups: int, channels: int) -> list[nn.Module]:
     ]
 
 
+def one_hot_labels(labels: torch.Tensor | None, classes: int, like: torch.Tensor) -> torch.Tensor:
+    """(N, classes) one-hot rows in `like`'s dtype, for a label-conditioned decoder."""
+    if labels is None:
+        raise ValueError("a label-conditioned decoder (stage1.conditional_decoder) needs labels")
+    return F.one_hot(labels.long(), classes).to(like.dtype)
+
+
 class LatentAutoencoder(nn.Module):
     """Images in [0, 1] (N, channels, size, size) <-> latent vectors in [-1, 1]^latent_dim."""
 
     latent_dim: int
+    label_classes: int = 0
+    """> 0: the decoder also reads the one-hot label (`decode(z, labels)`)."""
     encoder: nn.Module
     decoder: nn.Module
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+    def decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if not self.label_classes:
+            return z
+        return torch.cat([z, one_hot_labels(labels, self.label_classes, z)], dim=1)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(self.decoder_input(z, labels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(self.decode_logits(z, labels))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction logits (train with BCE-with-logits against x)."""
-        return self.decode_logits(self.encode(x))
+        return self.decode_logits(self.encode(x), labels)
 
 
 class ConvAutoencoder(LatentAutoencoder):
@@ -82,9 +102,10 @@ class ConvAutoencoder(LatentAutoencoder):
         *,
         channels: int = 1,
         image_size: int = 28,
+        label_classes: int = 0,
     ) -> None:
         super().__init__()
-        self.latent_dim, self.width = latent_dim, width
+        self.latent_dim, self.width, self.label_classes = latent_dim, width, label_classes
         self.channels, self.image_size = channels, image_size
         s, w2 = _check_size(image_size), 2 * width
         self.encoder = nn.Sequential(
@@ -94,7 +115,7 @@ class ConvAutoencoder(LatentAutoencoder):
             nn.Tanh(),
         )
         self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, w2 * s * s),
+            nn.Linear(latent_dim + label_classes, w2 * s * s),
             nn.SiLU(),
             nn.Unflatten(1, (w2, s, s)),
             *_upsample(width, groups, channels),
@@ -112,10 +133,12 @@ class SpatialAutoencoder(LatentAutoencoder):
         *,
         channels: int = 1,
         image_size: int = 28,
+        label_classes: int = 0,
     ) -> None:
         super().__init__()
         s, w2 = _check_size(image_size), 2 * width
-        self.latent_channels, self.width = latent_channels, width
+        self.latent_channels, self.width, self.label_classes = latent_channels, width, label_classes
+        self.side = s
         self.channels, self.image_size = channels, image_size
         self.latent_dim = latent_channels * s * s
         self.encoder = nn.Sequential(
@@ -125,10 +148,18 @@ class SpatialAutoencoder(LatentAutoencoder):
             nn.Flatten(),
         )
         self.decoder = nn.Sequential(
-            nn.Unflatten(1, (latent_channels, s, s)),
-            _block(latent_channels, w2, groups, kernel_size=3, padding=1),
+            nn.Unflatten(1, (latent_channels + label_classes, s, s)),
+            _block(latent_channels + label_classes, w2, groups, kernel_size=3, padding=1),
             *_upsample(width, groups, channels),
         )
+
+    def decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The flat latent, followed (label-conditioned) by one constant map per class."""
+        if not self.label_classes:
+            return z
+        hot = one_hot_labels(labels, self.label_classes, z)
+        maps = hot[:, :, None].expand(-1, -1, self.side * self.side).reshape(len(z), -1)
+        return torch.cat([z, maps], dim=1)
 
 
 class LabelledAutoencoder(nn.Module):
@@ -142,7 +173,9 @@ class LabelledAutoencoder(nn.Module):
         self.autoencoder = autoencoder
         self.label_head = nn.Linear(autoencoder.latent_dim, num_classes)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction logits, label logits)."""
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction logits, label logits); `labels` feed a label-conditioned decoder."""
         z = self.autoencoder.encode(x)
-        return self.autoencoder.decode_logits(z), self.label_head(z)
+        return self.autoencoder.decode_logits(z, labels), self.label_head(z)

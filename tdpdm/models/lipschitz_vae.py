@@ -26,6 +26,8 @@ import math
 import torch
 from torch import nn
 
+from tdpdm.models.autoencoder import one_hot_labels
+
 IMAGE_SIDE = 28
 INPUT_DIM = IMAGE_SIDE * IMAGE_SIDE
 INPUT_DIAMETER = math.sqrt(INPUT_DIM)
@@ -77,8 +79,11 @@ class LipschitzVAE(nn.Module):
         *,
         channels: int = 1,
         image_size: int = IMAGE_SIDE,
+        label_classes: int = 0,
     ) -> None:
         super().__init__()
+        self.label_classes = label_classes
+        """> 0: the decoder also reads the one-hot label (no part of the bounded encoder)."""
         if hidden % 2:
             raise ValueError(f"hidden must be even for MaxMin pairs, got {hidden}")
         self.latent_dim, self.hidden, self.depth = latent_dim, hidden, depth
@@ -94,7 +99,7 @@ class LipschitzVAE(nn.Module):
         layers.append(nn.Linear(width, latent_dim))
         self.encoder_mean = nn.Sequential(*layers)
         self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, hidden),
+            nn.Linear(latent_dim + label_classes, hidden),
             nn.SiLU(),
             nn.Linear(hidden, hidden),
             nn.SiLU(),
@@ -156,13 +161,18 @@ class LipschitzVAE(nn.Module):
         """The noiseless latent (never released as such: see stages/lipschitz_release.py)."""
         return self.mean(x) / self.latent_radius - self.center
 
-    def decode_logits(self, w: torch.Tensor) -> torch.Tensor:
-        return self.decoder(w + self.center)
+    def _decoder(self, w: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if self.label_classes:
+            w = torch.cat([w, one_hot_labels(labels, self.label_classes, w)], dim=1)
+        return self.decoder(w)
 
-    def decode(self, w: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decode_logits(w))
+    def decode_logits(self, w: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self._decoder(w + self.center, labels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def decode(self, w: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(self.decode_logits(w, labels))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction logits from one posterior draw w = (mu(x) + s * noise) / R (the
         centre is zero while training).
 
@@ -171,15 +181,18 @@ class LipschitzVAE(nn.Module):
         optimiser, and it works unchanged inside Opacus's and Ray Train's wrappers (every rank
         holds the same weights, so every rank projects identically). Callers project once more
         after the last step."""
-        return self.reconstruct(x)[0]
+        return self.reconstruct(x, labels)[0]
 
-    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(reconstruction logits, the noiseless latent mu(x) / R): `forward`, plus the latent a
         training-only label head reads (`LabelledLipschitzVAE`)."""
         if self.training:
             self.project_weights()
         z = self.mean(x)
-        logits = self.decoder((z + self.noise_std * torch.randn_like(z)) / self.latent_radius)
+        noisy = (z + self.noise_std * torch.randn_like(z)) / self.latent_radius
+        logits = self._decoder(noisy, labels)
         return logits, z / self.latent_radius
 
 
@@ -194,7 +207,9 @@ class LabelledLipschitzVAE(nn.Module):
         self.vae = vae
         self.label_head = nn.Linear(vae.latent_dim, num_classes)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction logits, label logits)."""
-        logits, z = self.vae.reconstruct(x)
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction logits, label logits); `labels` feed a label-conditioned decoder."""
+        logits, z = self.vae.reconstruct(x, labels)
         return logits, self.label_head(z)

@@ -50,9 +50,15 @@ def _pixel_bce(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return per_pixel.mean(dim=(1, 2, 3))
 
 
+def batch_labels(batch: list[torch.Tensor]) -> torch.Tensor | None:
+    """The labels of an (images, labels) batch, None for images alone: a label-conditioned
+    decoder reads them (they ride in the same clipped, noised DP-SGD batches)."""
+    return batch[1] if len(batch) > 1 else None
+
+
 def reconstruction_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     """Per-record BCE over pixels, shape (B,)."""
-    return _pixel_bce(model(batch[0]), batch[0])
+    return _pixel_bce(model(batch[0], batch_labels(batch)), batch[0])
 
 
 def labelled_reconstruction_loss(
@@ -61,7 +67,7 @@ def labelled_reconstruction_loss(
     """Per-record BCE over pixels plus `weight` times the label head's cross-entropy, shape (B,):
     the loss of a `LabelledAutoencoder` on (images, labels) batches."""
     x, y = batch[0], batch[1]
-    recon, label_logits = model(x)
+    recon, label_logits = model(x, y)
     return _pixel_bce(recon, x) + weight * F.cross_entropy(label_logits, y, reduction="none")
 
 
@@ -71,11 +77,22 @@ def new_labelled_autoencoder(factory, num_classes: int) -> LabelledAutoencoder:
     return LabelledAutoencoder(factory(), num_classes)
 
 
+def decoder_classes(cfg: Stage1Config, num_classes: int) -> int:
+    """How many classes the decoder reads as a one-hot input: `num_classes` with
+    `stage1.conditional_decoder`, else 0 (the latent alone)."""
+    return num_classes if cfg.conditional_decoder else 0
+
+
 def build_autoencoder(
-    cfg: Stage1Config, *, channels: int = 1, image_size: int = 28
+    cfg: Stage1Config, *, channels: int = 1, image_size: int = 28, num_classes: int = 0
 ) -> LatentAutoencoder:
-    """The configured autoencoder (`stage1.latent`), with whatever weights torch draws now."""
-    shape = {"channels": channels, "image_size": image_size}
+    """The configured autoencoder (`stage1.latent`), with whatever weights torch draws now;
+    `num_classes` matters only with `stage1.conditional_decoder`."""
+    shape = {
+        "channels": channels,
+        "image_size": image_size,
+        "label_classes": decoder_classes(cfg, num_classes),
+    }
     if cfg.latent == "spatial":
         return SpatialAutoencoder(cfg.latent_channels, cfg.width, **shape)
     return ConvAutoencoder(cfg.latent_dim, cfg.width, **shape)
@@ -89,11 +106,11 @@ def latent_size(cfg: Stage1Config, image_size: int = 28) -> int:
 
 
 def new_autoencoder(
-    cfg: Stage1Config, seed: int, *, channels: int = 1, image_size: int = 28
+    cfg: Stage1Config, seed: int, *, channels: int = 1, image_size: int = 28, num_classes: int = 0
 ) -> LatentAutoencoder:
     """The initial weights from `seed`: the same on every Ray worker and in-process."""
     torch.manual_seed(seed)
-    return build_autoencoder(cfg, channels=channels, image_size=image_size)
+    return build_autoencoder(cfg, channels=channels, image_size=image_size, num_classes=num_classes)
 
 
 def train_autoencoder(
@@ -141,13 +158,18 @@ def encode(
 
 @torch.no_grad()
 def decode(
-    model: LatentAutoencoder, latents: np.ndarray, device: str, batch: int = 2048
+    model: LatentAutoencoder,
+    latents: np.ndarray,
+    device: str,
+    batch: int = 2048,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Latents -> uint8 images, (N, H, W) grey or (N, C, H, W) colour, of the model's shape.
-    Pure post-processing of DP outputs."""
+    """Latents (and, for a label-conditioned decoder, their labels) -> uint8 images, (N, H, W)
+    grey or (N, C, H, W) colour, of the model's shape. Pure post-processing of DP outputs."""
     model.eval().to(device)
     out = []
     for i in range(0, len(latents), batch):
         z = torch.from_numpy(np.ascontiguousarray(latents[i : i + batch])).float().to(device)
-        out.append(model.decode(z).cpu())
+        y = None if labels is None else torch.from_numpy(np.asarray(labels[i : i + batch]))
+        out.append(model.decode(z, None if y is None else y.to(device)).cpu())
     return tensor_to_images(torch.cat(out))

@@ -48,7 +48,7 @@ from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.dpsgd import StepCallback, train_dpsgd
 from tdpdm.stages.dpsgd_plan import DPSGDPlan
-from tdpdm.stages.encode import images_to_tensor, model_shape
+from tdpdm.stages.encode import batch_labels, decoder_classes, images_to_tensor, model_shape
 
 DESIGN_BOUND = 1.0
 """The Lipschitz bound the release noise is planned for: every encoder layer in the unit
@@ -185,7 +185,7 @@ def vae_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     is not spent on gradients far smaller than the norm it is calibrated for. The posterior std
     is fixed (the release noise), so the ELBO's KL term to a Gaussian prior would only shrink mu,
     i.e. the signal the release lets through; it is left out."""
-    return _summed_bce(model(batch[0]), batch[0])
+    return _summed_bce(model(batch[0], batch_labels(batch)), batch[0])
 
 
 def _summed_bce(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +200,7 @@ def labelled_vae_loss(
     pixel count, as the BCE here is summed over pixels (the autoencoder's is averaged): a weight
     then means the same balance in both mechanisms."""
     x, y = batch[0], batch[1]
-    recon, label_logits = model(x)
+    recon, label_logits = model(x, y)
     pixels = x[0].numel()
     return _summed_bce(recon, x) + weight * pixels * F.cross_entropy(
         label_logits, y, reduction="none"
@@ -253,13 +253,15 @@ def train_lipschitz_vae(
     return model
 
 
-def new_lipschitz_vae(cfg: RunConfig) -> LipschitzVAE:
+def new_lipschitz_vae(cfg: RunConfig, num_classes: int = 0) -> LipschitzVAE:
+    """An untrained VAE of the configured shape (`num_classes`: see `decoder_classes`)."""
     channels, image_size = model_shape(cfg)
     return LipschitzVAE(
         latent_dim=cfg.stage1.latent_dim,
         hidden=cfg.stage1.vae_hidden,
         channels=channels,
         image_size=image_size,
+        label_classes=decoder_classes(cfg.stage1, num_classes),
     )
 
 
@@ -283,12 +285,22 @@ def training_noise_std(cfg: RunConfig, release_event: GaussianEvent) -> float:
 
 
 def make_vae(
-    latent_dim: int, hidden: int, noise_std: float, *, channels: int = 1, image_size: int = 28
+    latent_dim: int,
+    hidden: int,
+    noise_std: float,
+    *,
+    channels: int = 1,
+    image_size: int = 28,
+    label_classes: int = 0,
 ) -> LipschitzVAE:
     """A fresh VAE with its posterior std set (module level: a picklable model factory for
     Ray Train workers via functools.partial)."""
     model = LipschitzVAE(
-        latent_dim=latent_dim, hidden=hidden, channels=channels, image_size=image_size
+        latent_dim=latent_dim,
+        hidden=hidden,
+        channels=channels,
+        image_size=image_size,
+        label_classes=label_classes,
     )
     model.noise_std.fill_(noise_std)
     return model

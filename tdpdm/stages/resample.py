@@ -81,9 +81,9 @@ class PublishedRun:
             cfg = RunConfig().replace(**report["config"])
         except (ConfigError, TypeError) as err:
             raise ValueError(f"{where}/{REPORT_JSON}: its config is not readable ({err})") from None
-        decoder = STAGE1_MECHANISMS[cfg.stage1.mechanism].blank(cfg)
-        load_model_state(storage.join(release, AUTOENCODER), decoder)
         stage2 = load_stage2(storage.join(release, DIFFUSION))
+        decoder = STAGE1_MECHANISMS[cfg.stage1.mechanism].blank(cfg, int(stage2.num_classes))
+        load_model_state(storage.join(release, AUTOENCODER), decoder)
         names = _class_names(release, cfg, stage2.num_classes)
         return cls(release, report, cfg, decoder, stage2, names)
 

@@ -45,4 +45,4 @@ def generate(
             z = ddim_sample(denoiser, y, steps=steps, guidance=guidance, generator=generator)
         chunks.append(z.float().cpu().numpy())
     latents = np.concatenate(chunks)
-    return decode(autoencoder, latents, device), labels
+    return decode(autoencoder, latents, device, labels=labels), labels

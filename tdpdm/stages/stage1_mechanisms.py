@@ -34,6 +34,7 @@ from tdpdm.stages.dpsgd import LossFn, train_dpsgd
 from tdpdm.stages.dpsgd_plan import DPSGDPlan
 from tdpdm.stages.encode import (
     build_autoencoder,
+    decoder_classes,
     encode,
     images_to_tensor,
     labelled_reconstruction_loss,
@@ -73,15 +74,19 @@ def _label_objective(
     labelled_model: Callable[..., nn.Module],
     labelled_loss: Callable[..., torch.Tensor],
 ) -> TrainingInputs:
-    """`plain`, or with `stage1.label_objective_weight` > 0: the model wrapped with a label head
-    (`labelled_model(factory, num_classes)`), the labels as a second per-record tensor (in the
-    same clipped, noised batches) and `labelled_loss(..., weight=w)`."""
+    """`plain`, with the labels as a second per-record tensor (in the same clipped, noised
+    batches) when the decoder reads them (`stage1.conditional_decoder`) or a label objective
+    is on; with `stage1.label_objective_weight` > 0 also the model wrapped with a label head
+    (`labelled_model(factory, num_classes)`) and `labelled_loss(..., weight=w)`."""
     weight = cfg.stage1.label_objective_weight
-    if weight <= 0:
+    if weight <= 0 and not cfg.stage1.conditional_decoder:
         return plain
+    tensors = [*plain.tensors, torch.from_numpy(np.asarray(labels, dtype=np.int64))]
+    if weight <= 0:
+        return TrainingInputs(plain.factory, tensors, plain.loss_fn)
     return TrainingInputs(
         functools.partial(labelled_model, plain.factory, num_classes),
-        [*plain.tensors, torch.from_numpy(np.asarray(labels, dtype=np.int64))],
+        tensors,
         functools.partial(labelled_loss, weight=weight),
     )
 
@@ -119,8 +124,9 @@ class Stage1Mechanism(Protocol):
         """The model to keep after training (training-only parts, such as a head, dropped)."""
         ...
 
-    def blank(self, cfg: RunConfig) -> nn.Module:
-        """An untrained model of the configured shape (to load saved weights into)."""
+    def blank(self, cfg: RunConfig, num_classes: int) -> nn.Module:
+        """An untrained model of the configured shape (to load saved weights into);
+        `num_classes` shapes a label-conditioned decoder."""
         ...
 
     def produce(
@@ -146,7 +152,12 @@ class DPSGDAutoencoder:
         the labels join the same clipped DP-SGD batches (the encoder event covers them)."""
         channels, image_size = model_shape(cfg)
         factory: ModelFactory = functools.partial(
-            new_autoencoder, cfg.stage1, cfg.seed, channels=channels, image_size=image_size
+            new_autoencoder,
+            cfg.stage1,
+            cfg.seed,
+            channels=channels,
+            image_size=image_size,
+            num_classes=num_classes,
         )
         plain = TrainingInputs(factory, [images_to_tensor(images)], reconstruction_loss)
         return _label_objective(
@@ -158,9 +169,11 @@ class DPSGDAutoencoder:
             return model.autoencoder  # the label head is a training aid only, never saved
         return model
 
-    def blank(self, cfg: RunConfig) -> nn.Module:
+    def blank(self, cfg: RunConfig, num_classes: int) -> nn.Module:
         channels, image_size = model_shape(cfg)
-        return build_autoencoder(cfg.stage1, channels=channels, image_size=image_size)
+        return build_autoencoder(
+            cfg.stage1, channels=channels, image_size=image_size, num_classes=num_classes
+        )
 
     def produce(self, ctx, model, images, labels, plan, session) -> Stage1Output:
         latents = encode(model, images, ctx.cfg.device)
@@ -194,6 +207,7 @@ class LipschitzVAEMechanism:
             noise_std,
             channels=channels,
             image_size=image_size,
+            label_classes=decoder_classes(cfg.stage1, num_classes),
         )
         plain = TrainingInputs(factory, [images_to_tensor(images)], lipschitz.vae_loss)
         return _label_objective(
@@ -205,8 +219,8 @@ class LipschitzVAEMechanism:
             return model.vae  # the label head is a training aid only, never saved
         return model
 
-    def blank(self, cfg: RunConfig) -> nn.Module:
-        return lipschitz.new_lipschitz_vae(cfg)
+    def blank(self, cfg: RunConfig, num_classes: int) -> nn.Module:
+        return lipschitz.new_lipschitz_vae(cfg, num_classes)
 
     def produce(self, ctx, model, images, labels, plan, session) -> Stage1Output:
         model.project_weights()

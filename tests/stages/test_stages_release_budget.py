@@ -173,7 +173,7 @@ def test_released_budget_runs_every_row_on_a_run(budget, tmp_path, mechanism) ->
         evaluation={"synthetic_count": 300},
     )
     torch.manual_seed(0)
-    model = STAGE1_MECHANISMS[mechanism].blank(cfg)
+    model = STAGE1_MECHANISMS[mechanism].blank(cfg, 10)
     if mechanism == "lipschitz-vae":
         model.set_center()
     save_model(model, RunLayout(str(tmp_path)).autoencoder)

@@ -178,7 +178,10 @@ def report_variant(report: Mapping[str, Any]) -> str | None:
     """The stage-2 variant of a run report, to tell apart released-mode methods on a plot."""
     config = report.get("config", {})
     mechanism = config.get("stage1", {}).get("mechanism", "dpsgd-autoencoder")
-    stage1 = None if mechanism == "dpsgd-autoencoder" else str(mechanism)
+    conditional = bool(config.get("stage1", {}).get("conditional_decoder", False))
+    stage1 = None if mechanism == "dpsgd-autoencoder" and not conditional else str(mechanism)
+    if conditional:
+        stage1 = f"{stage1}, label-conditioned decoder"
     if report.get("mode") != "released":
         # The default (DP-SGD diffusion) stays unnamed, as in the rows recorded before the
         # sufficient-statistics families existed; those get their own line.

@@ -111,3 +111,18 @@ def test_a_released_run_with_a_conditional_decoder_samples_again_from_its_releas
     assert state["decoder.0.weight"].shape[1] == cfg.stage1.latent_dim + 10
     images, labels = PublishedRun.open(str(tmp_path / "out")).sample(20, seed=1)
     assert images.shape == (20, 28, 28) and sorted(set(labels.tolist())) == list(range(10))
+
+
+def test_the_plot_tells_a_label_conditioned_decoder_apart():
+    from tdpdm.report.plots import report_variant
+
+    def variant(**stage1):
+        return report_variant({"mode": "released", "config": {"stage1": stage1}})
+
+    assert variant() == "diffusion"
+    assert variant(conditional_decoder=True) == (
+        "dpsgd-autoencoder, label-conditioned decoder + diffusion"
+    )
+    assert variant(mechanism="lipschitz-vae", conditional_decoder=True).startswith(
+        "lipschitz-vae, label-conditioned decoder"
+    )

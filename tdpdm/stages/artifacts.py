@@ -114,7 +114,11 @@ def save_model(model: torch.nn.Module, uri: str) -> None:
 
 def load_model_state(uri: str, model: torch.nn.Module) -> None:
     """Load a checkpoint into `model`; a damaged or foreign file fails in one short line."""
-    state = read_state_dict(uri)
+    load_state_into(uri, model, read_state_dict(uri))
+
+
+def load_state_into(uri: str, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`state` (read from `uri`) into `model`; weights of another shape fail in one line."""
     try:
         model.load_state_dict(state)
     except Exception as err:

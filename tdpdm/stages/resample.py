@@ -34,7 +34,7 @@ from tdpdm.stages.artifacts import (
     RELEASE,
     REPORT_JSON,
     SYNTHETIC,
-    load_model_state,
+    load_state_into,
     read_state_dict,
 )
 from tdpdm.stages.deconvolve import LatentMixture
@@ -81,9 +81,11 @@ class PublishedRun:
             cfg = RunConfig().replace(**report["config"])
         except (ConfigError, TypeError) as err:
             raise ValueError(f"{where}/{REPORT_JSON}: its config is not readable ({err})") from None
+        # the decoder's file is checked first; its label inputs (if any) follow the stage 2's
+        decoder_state = read_state_dict(storage.join(release, AUTOENCODER))
         stage2 = load_stage2(storage.join(release, DIFFUSION))
         decoder = STAGE1_MECHANISMS[cfg.stage1.mechanism].blank(cfg, int(stage2.num_classes))
-        load_model_state(storage.join(release, AUTOENCODER), decoder)
+        load_state_into(storage.join(release, AUTOENCODER), decoder, decoder_state)
         names = _class_names(release, cfg, stage2.num_classes)
         return cls(release, report, cfg, decoder, stage2, names)
 

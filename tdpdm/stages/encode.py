@@ -170,6 +170,6 @@ def decode(
     out = []
     for i in range(0, len(latents), batch):
         z = torch.from_numpy(np.ascontiguousarray(latents[i : i + batch])).float().to(device)
-        y = None if labels is None else torch.from_numpy(np.asarray(labels[i : i + batch]))
-        out.append(model.decode(z, None if y is None else y.to(device)).cpu())
+        y = None if labels is None else torch.as_tensor(labels[i : i + batch], device=device)
+        out.append(model.decode(z, y).cpu())
     return tensor_to_images(torch.cat(out))

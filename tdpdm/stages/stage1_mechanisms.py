@@ -66,7 +66,7 @@ class TrainingInputs:
     loss_fn: LossFn
 
 
-def _label_objective(
+def _with_labels(
     plain: TrainingInputs,
     cfg: RunConfig,
     labels: np.ndarray,
@@ -160,7 +160,7 @@ class DPSGDAutoencoder:
             num_classes=num_classes,
         )
         plain = TrainingInputs(factory, [images_to_tensor(images)], reconstruction_loss)
-        return _label_objective(
+        return _with_labels(
             plain, cfg, labels, num_classes, new_labelled_autoencoder, labelled_reconstruction_loss
         )
 
@@ -210,7 +210,7 @@ class LipschitzVAEMechanism:
             label_classes=decoder_classes(cfg.stage1, num_classes),
         )
         plain = TrainingInputs(factory, [images_to_tensor(images)], lipschitz.vae_loss)
-        return _label_objective(
+        return _with_labels(
             plain, cfg, labels, num_classes, lipschitz.new_labelled_vae, lipschitz.labelled_vae_loss
         )
 

@@ -120,6 +120,11 @@ class Stage1Config(Section):
     lr: PositiveFloat = 2e-3
     max_grad_norm: PositiveFloat = 1.0
     grad_sample_mode: GradSampleMode = "hooks"
+    physical_batch_size: PositiveInt | None = None
+    """Most records in one forward/backward pass (memory); a larger Poisson batch is processed
+    in chunks whose clipped gradients are summed before the step's one noise draw (virtual
+    steps): the same mechanism and accounting. None: the whole batch at once (peak memory grows
+    with batch x width; session 11's width-64 stage 1 at batch 1024 passed 23 GB)."""
     epsilon_fraction: Fraction = 0.15
     """Share of the run's epsilon given to stage 1 when calibrating (the rest goes to stage 2
     or to the release)."""
@@ -176,6 +181,8 @@ class Stage2Config(Section):
     grad_sample_mode: GradSampleMode = "ghost"
     """Opacus per-sample gradients: `hooks` (materialised) or `ghost` (ghost clipping; the same
     clipped update, tested, and about 4x faster for this MLP on CPU: benchmarks/dp_overhead.py)."""
+    physical_batch_size: PositiveInt | None = None
+    """As `stage1.physical_batch_size`, for the DP-SGD latent diffusion."""
     released_model: ReleasedModel = "deconvolution"
     """`released` mode's stage 2: `deconvolution` (a Gaussian mixture fitted through the known
     release noise, stages/deconvolve.py) or `diffusion` (the denoiser on the noisy latents)."""

@@ -44,6 +44,7 @@ def train_on_ray(ctx, factory, tensors, loss_fn, plan, session, key):
         lr=cfg.stage1.lr,
         key=key,
         grad_sample_mode=cfg.stage1.grad_sample_mode,
+        physical_batch_size=cfg.stage1.physical_batch_size,
         progress=cfg.progress,
         # Unique: Ray Train resumes a run whose name it finds in storage, and a new charge must
         # never continue another job's checkpoint.

@@ -96,6 +96,7 @@ def train_dpsgd_on_ray(
     lr: float,
     key: MechanismKey,
     grad_sample_mode: str = "hooks",
+    physical_batch_size: int | None = None,
     progress: bool = True,
     run_name: str | None = None,
 ) -> RayTrainOutcome:
@@ -127,6 +128,7 @@ def train_dpsgd_on_ray(
                 "lr": lr,
                 "key": key,
                 "grad_sample_mode": grad_sample_mode,
+                "physical_batch_size": physical_batch_size,
                 "checkpoint_every": cfg.checkpoint_every,
                 "progress": progress,
                 "cpus": cpus,
@@ -264,6 +266,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         device=str(device),
         progress=config["progress"] and rank == 0,
         grad_sample_mode=config["grad_sample_mode"],
+        physical_batch_size=config.get("physical_batch_size"),
         distributed=True,
         resume=resume,
         checkpoint_every=config["checkpoint_every"],

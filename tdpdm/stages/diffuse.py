@@ -88,6 +88,7 @@ def train_diffusion(
             on_step=after_step,
             progress=progress,
             grad_sample_mode=cfg.grad_sample_mode,
+            physical_batch_size=cfg.physical_batch_size,
         )
     else:
         _train_plain(

@@ -167,6 +167,7 @@ def train_dpsgd(
     resume: TrainingState | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: CheckpointCallback | None = None,
+    physical_batch_size: int | None = None,
 ) -> nn.Module:
     """Train `model` in place with DP-SGD for exactly `plan.steps` Poisson-sampled steps.
 
@@ -178,10 +179,15 @@ def train_dpsgd(
     weight_decay=)` defaults to Adam. `distributed`: this process is one rank of an initialised
     `torch.distributed` group and `tensors` are all records (each rank samples its share).
     `resume` continues from a snapshot; `on_checkpoint` gets one every `checkpoint_every` steps
-    and after the last step.
+    and after the last step. `physical_batch_size` bounds the records of one forward/backward
+    pass (memory): a larger Poisson batch is processed in chunks whose clipped per-record
+    gradients are summed before the step's one noise draw (Opacus's virtual steps), so the
+    mechanism, and its accounting, are those of the whole batch.
     """
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise DPSGDError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
+    if physical_batch_size is not None and physical_batch_size < 1:
+        raise DPSGDError(f"physical_batch_size must be positive, not {physical_batch_size}")
     n = len(tensors[0])
     if not 0.0 < plan.sampling_rate <= 1.0:
         raise DPSGDError(f"{plan.stage}: sampling rate {plan.sampling_rate:.6g} not in (0, 1]")
@@ -256,22 +262,23 @@ def train_dpsgd(
         try:
             while done < plan.steps:
                 positions = sampler.next_batch()
-                batch = [t[positions].to(device) for t in tensors]
                 optimizer.zero_grad(set_to_none=True)
-                if len(batch[0]) == 0:
+                if len(positions) == 0:
                     _noise_only_step(gs_model, ghost)
                     loss_value = float("nan")
                 else:
-                    losses = loss_fn(gs_model, batch)
-                    loss_value = float(losses.detach().mean())
-                    if not math.isfinite(loss_value):
-                        # no value, no position: only that training diverged
-                        raise DPSGDError(f"{plan.stage}: the loss became non-finite")
-                    if ghost:
-                        DPTensorFastGradientClipping(gs_model, optimizer, losses, "mean").backward()
-                    else:
-                        losses.mean().backward()
-                optimizer.step()
+                    loss_value = _clip_and_sum(
+                        gs_model,
+                        optimizer,
+                        tensors,
+                        positions,
+                        loss_fn,
+                        plan.stage,
+                        device=device,
+                        ghost=ghost,
+                        physical_batch_size=physical_batch_size,
+                    )
+                optimizer.step()  # the step's one noise draw and update
                 done += 1
                 bar.update(1)
                 if on_step is not None:
@@ -288,6 +295,44 @@ def train_dpsgd(
             gs_model._close()
     model.eval()
     return model
+
+
+def _clip_and_sum(
+    gs_model: nn.Module,
+    optimizer: DPOptimizer,
+    tensors: Sequence[torch.Tensor],
+    positions: torch.Tensor,
+    loss_fn: LossFn,
+    stage: str,
+    *,
+    device: str,
+    ghost: bool,
+    physical_batch_size: int | None,
+) -> float:
+    """Backward passes over the Poisson batch at `positions`, at most `physical_batch_size`
+    records each; every chunk but the last is clipped and added to the optimizer's running sum
+    by a skipped step (no noise, no update), so the caller's `step()` noises the whole batch's
+    clipped sum once. Returns the batch's mean loss (for the in-process `on_step` only)."""
+    size = physical_batch_size or len(positions)
+    chunks = torch.split(positions, size)
+    loss_sum = 0.0
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            optimizer.zero_grad(set_to_none=True)  # keeps the running sum of a skipped step
+        losses = loss_fn(gs_model, [t[chunk].to(device) for t in tensors])
+        chunk_loss = float(losses.detach().sum())
+        if not math.isfinite(chunk_loss):
+            # no value, no position: only that training diverged
+            raise DPSGDError(f"{stage}: the loss became non-finite")
+        loss_sum += chunk_loss
+        if ghost:
+            DPTensorFastGradientClipping(gs_model, optimizer, losses, "mean").backward()
+        else:
+            losses.mean().backward()
+        if i < len(chunks) - 1:
+            optimizer.signal_skip_step(do_skip=True)
+            optimizer.step()  # clip and accumulate only
+    return loss_sum / len(positions)
 
 
 def _rank_and_world(distributed: bool) -> tuple[int, int]:

@@ -140,6 +140,7 @@ def train_autoencoder(
         on_step=on_step,
         progress=progress,
         grad_sample_mode=cfg.grad_sample_mode,
+        physical_batch_size=cfg.physical_batch_size,
     )
     return model
 

@@ -247,6 +247,7 @@ def train_lipschitz_vae(
         on_step=on_step,
         progress=progress,
         grad_sample_mode=cfg.stage1.grad_sample_mode,
+        physical_batch_size=cfg.stage1.physical_batch_size,
         distributed=distributed,
     )
     model.project_weights()

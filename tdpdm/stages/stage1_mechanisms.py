@@ -266,6 +266,7 @@ def train_locally(ctx, factory, tensors, loss_fn, plan, session, key):
         on_step=ctx.progress("encoder", plan.steps, plan.expected_batch_size),
         progress=cfg.progress,
         grad_sample_mode=cfg.stage1.grad_sample_mode,
+        physical_batch_size=cfg.stage1.physical_batch_size,
     )
     return model, {"backend": "local", "num_workers": 1}
 

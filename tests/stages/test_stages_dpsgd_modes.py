@@ -33,6 +33,15 @@ def _denoiser_loss(model, batch):
     return diffusion_loss(model, batch[0], batch[1], noise_draws=3, label_dropout=0.2)
 
 
+def _deterministic_denoiser_loss(model, batch):
+    """The denoiser's regression on a fixed timestep and a noise that is a function of x."""
+    x, y = batch[0].unsqueeze(1), batch[1]
+    t = torch.full(x.shape[:2], 0.5)
+    eps = torch.sin(7 * x)
+    x_t = 0.5**0.5 * x + 0.5**0.5 * eps
+    return ((model(x_t, t, y) - eps) ** 2).flatten(1).mean(1)
+
+
 def _ae_loss(model, batch):
     return reconstruction_loss(model, batch)
 
@@ -87,3 +96,64 @@ def test_ghost_and_hooks_apply_the_same_clipped_update(name: str) -> None:
     # Clipping really is active: every record contributes at most C / B to the update norm.
     assert moved["hooks"].norm() <= 64 * 0.05 / 32 + 1e-6
     torch.testing.assert_close(moved["ghost"], moved["hooks"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_physical_chunks_apply_the_whole_batch_update_with_one_noise_draw(
+    name: str, mode: str
+) -> None:
+    """Virtual steps (a Poisson batch processed in chunks of at most `physical_batch_size`)
+    must be the same mechanism: the same clipped sum and the same single noise draw per step.
+    With the same secret key the batches and the noise are the same, so three steps must land
+    on the same weights whether the ~32-record batches are passed whole or in chunks of 5
+    (a chunk that noised or stepped on its own would move them differently)."""
+    make_model, make_data, loss_fn = CASES[name]
+    if name == "denoiser":  # per-record loss randomness would differ by chunk: fix it
+        loss_fn = _deterministic_denoiser_loss
+    torch.manual_seed(0)
+    start = make_model()
+    data = make_data(64)
+    plan = DPSGDPlan("test", 1.0, 0.5, 3, max_grad_norm=0.05, expected_batch_size=32)
+    final = {}
+    for physical in (None, 5):
+        model = copy.deepcopy(start)
+        session = Collect()
+        train_dpsgd(
+            model,
+            data,
+            loss_fn,
+            plan,
+            session,
+            lr=1.0,
+            key=MechanismKey("test", 11),
+            device="cpu",
+            progress=False,
+            grad_sample_mode=mode,
+            make_optimizer=torch.optim.SGD,
+            physical_batch_size=physical,
+        )
+        assert [e.steps for e in session.events] == [3]
+        final[physical] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    moved = final[None] - torch.cat([p.detach().flatten() for p in start.parameters()])
+    assert moved.abs().max() > 0
+    torch.testing.assert_close(final[5], final[None], rtol=1e-4, atol=1e-6)
+
+
+def test_a_physical_batch_size_below_one_is_refused() -> None:
+    from tdpdm.stages.dpsgd import DPSGDError
+
+    plan = DPSGDPlan("test", 1.0, 0.5, 1, max_grad_norm=1.0, expected_batch_size=32)
+    with pytest.raises(DPSGDError, match="physical_batch_size must be positive"):
+        train_dpsgd(
+            ConvAutoencoder(latent_dim=4, width=8),
+            [torch.rand(8, 1, 28, 28)],
+            _ae_loss,
+            plan,
+            Collect(),
+            lr=1.0,
+            key=MechanismKey("test", 1),
+            device="cpu",
+            progress=False,
+            physical_batch_size=0,
+        )

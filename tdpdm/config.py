@@ -144,6 +144,12 @@ class Stage1Config(Section):
     decoder's DP weights and the latent need only carry the style, which is what a per-record
     release (`released` mode), whose noise drowns the latents' class signal, needs (issue 14).
     For `lipschitz-vae` it is no part of the bounded encoder."""
+    decoder_latent_noise: Literal["release"] | PositiveFloat | None = None
+    """`dpsgd-autoencoder`: while training, the decoder reads the latent plus Gaussian noise of
+    this std (`release`: the per-record release's own noise on the latent scale, `released`
+    mode only), so that a label-conditioned decoder learns to take from the label what the
+    release's noise hides in the latent (issue 14). None: the clean latent. Privacy-neutral:
+    the model's own randomness, on DP-SGD's secret loss stream."""
     vae_hidden: Annotated[int, Field(ge=2, multiple_of=2), NoBool] = 256
     """`lipschitz-vae`: width of the encoder and decoder MLPs (even)."""
     vae_training_noise: Literal["release"] | PositiveFloat | None = None

@@ -69,11 +69,22 @@ class LatentAutoencoder(nn.Module):
     latent_dim: int
     label_classes: int = 0
     """> 0: the decoder also reads the one-hot label (`decode(z, labels)`)."""
+    latent_noise_std: float = 0.0
+    """> 0: while training, the decoder reads the latent plus Gaussian noise of this std, so it
+    learns to draw what the noise hides from the label (`stage1.decoder_latent_noise`). Not a
+    weight: an untrained model to load a checkpoint into needs none (decoding is eval mode)."""
     encoder: nn.Module
     decoder: nn.Module
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
+
+    def training_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads of `z` in this mode: `z`, plus the training noise when
+        training (torch's global generator: DP-SGD's secret loss stream)."""
+        if self.training and self.latent_noise_std > 0:
+            return z + self.latent_noise_std * torch.randn_like(z)
+        return z
 
     def decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if not self.label_classes:
@@ -88,7 +99,7 @@ class LatentAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction logits (train with BCE-with-logits against x)."""
-        return self.decode_logits(self.encode(x), labels)
+        return self.decode_logits(self.training_latent(self.encode(x)), labels)
 
 
 class ConvAutoencoder(LatentAutoencoder):
@@ -178,4 +189,5 @@ class LabelledAutoencoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(reconstruction logits, label logits); `labels` feed a label-conditioned decoder."""
         z = self.autoencoder.encode(x)
-        return self.autoencoder.decode_logits(z, labels), self.label_head(z)
+        recon = self.autoencoder.decode_logits(self.autoencoder.training_latent(z), labels)
+        return recon, self.label_head(z)

@@ -84,18 +84,27 @@ def decoder_classes(cfg: Stage1Config, num_classes: int) -> int:
 
 
 def build_autoencoder(
-    cfg: Stage1Config, *, channels: int = 1, image_size: int = 28, num_classes: int = 0
+    cfg: Stage1Config,
+    *,
+    channels: int = 1,
+    image_size: int = 28,
+    num_classes: int = 0,
+    latent_noise_std: float = 0.0,
 ) -> LatentAutoencoder:
     """The configured autoencoder (`stage1.latent`), with whatever weights torch draws now;
-    `num_classes` matters only with `stage1.conditional_decoder`."""
+    `num_classes` matters only with `stage1.conditional_decoder`; `latent_noise_std`: the
+    decoder's training noise (`LatentAutoencoder.latent_noise_std`)."""
     shape = {
         "channels": channels,
         "image_size": image_size,
         "label_classes": decoder_classes(cfg, num_classes),
     }
     if cfg.latent == "spatial":
-        return SpatialAutoencoder(cfg.latent_channels, cfg.width, **shape)
-    return ConvAutoencoder(cfg.latent_dim, cfg.width, **shape)
+        model: LatentAutoencoder = SpatialAutoencoder(cfg.latent_channels, cfg.width, **shape)
+    else:
+        model = ConvAutoencoder(cfg.latent_dim, cfg.width, **shape)
+    model.latent_noise_std = latent_noise_std
+    return model
 
 
 def latent_size(cfg: Stage1Config, image_size: int = 28) -> int:
@@ -106,11 +115,23 @@ def latent_size(cfg: Stage1Config, image_size: int = 28) -> int:
 
 
 def new_autoencoder(
-    cfg: Stage1Config, seed: int, *, channels: int = 1, image_size: int = 28, num_classes: int = 0
+    cfg: Stage1Config,
+    seed: int,
+    *,
+    channels: int = 1,
+    image_size: int = 28,
+    num_classes: int = 0,
+    latent_noise_std: float = 0.0,
 ) -> LatentAutoencoder:
     """The initial weights from `seed`: the same on every Ray worker and in-process."""
     torch.manual_seed(seed)
-    return build_autoencoder(cfg, channels=channels, image_size=image_size, num_classes=num_classes)
+    return build_autoencoder(
+        cfg,
+        channels=channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        latent_noise_std=latent_noise_std,
+    )
 
 
 def train_autoencoder(

@@ -38,6 +38,7 @@ from tdpdm.stages.encode import (
     encode,
     images_to_tensor,
     labelled_reconstruction_loss,
+    latent_size,
     model_shape,
     new_autoencoder,
     new_labelled_autoencoder,
@@ -45,7 +46,7 @@ from tdpdm.stages.encode import (
 )
 from tdpdm.stages.latents_io import write_latents
 from tdpdm.stages.plan import PrivacyPlan
-from tdpdm.stages.release import release_latents
+from tdpdm.stages.release import release_latents, release_scales
 
 ModelFactory = Callable[[], nn.Module]
 Trainer = Callable[
@@ -142,6 +143,20 @@ class Stage1Mechanism(Protocol):
         ...
 
 
+def decoder_latent_noise_std(cfg: RunConfig, plan: PrivacyPlan) -> float:
+    """The std of `stage1.decoder_latent_noise` on the latent's own scale: the release's noise
+    std (noise multiplier x clip norm) over the factor that puts a latent into the release."""
+    choice = cfg.stage1.decoder_latent_noise
+    if choice is None:
+        return 0.0
+    if choice != "release":
+        return float(choice)
+    if cfg.mode != "released":
+        raise ValueError("stage1.decoder_latent_noise=release needs mode released (no release)")
+    latent_scale, _ = release_scales(latent_size(cfg.stage1, cfg.image_size), cfg.release)
+    return plan.release_event().noise_multiplier * cfg.release.clip_norm / latent_scale
+
+
 class DPSGDAutoencoder:
     """The conv autoencoder; its latents are private, or released once with Gaussian noise."""
 
@@ -158,6 +173,7 @@ class DPSGDAutoencoder:
             channels=channels,
             image_size=image_size,
             num_classes=num_classes,
+            latent_noise_std=decoder_latent_noise_std(cfg, plan),
         )
         plain = TrainingInputs(factory, [images_to_tensor(images)], reconstruction_loss)
         return _with_labels(

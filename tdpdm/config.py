@@ -149,7 +149,9 @@ class Stage1Config(Section):
     this std (`release`: the per-record release's own noise on the latent scale, `released`
     mode only), so that a label-conditioned decoder learns to take from the label what the
     release's noise hides in the latent (issue 14). None: the clean latent. Privacy-neutral:
-    the model's own randomness, on DP-SGD's secret loss stream."""
+    the model's own randomness, on DP-SGD's secret loss stream. Measured (MNIST, seed 0): 1.0
+    gives every sample its label's class but little variety, the same accuracy at epsilon 10;
+    `release` (std 29 at epsilon 1) keeps the decoder from training; benchmarks/RESULTS.md."""
     vae_hidden: Annotated[int, Field(ge=2, multiple_of=2), NoBool] = 256
     """`lipschitz-vae`: width of the encoder and decoder MLPs (even)."""
     vae_training_noise: Literal["release"] | PositiveFloat | None = None

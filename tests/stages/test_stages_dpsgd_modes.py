@@ -60,6 +60,30 @@ CASES = {
 }
 
 
+def _sgd_trained(start, data, loss_fn, plan, key, *, mode, physical=None):
+    """A copy of `start` after `plan`'s DP-SGD steps with plain SGD at lr 1: the update is then
+    exactly (clipped sum + noise) / expected batch size, so any difference in clipping shows
+    (Adam's sign-like first step would hide it)."""
+    model = copy.deepcopy(start)
+    session = Collect()
+    train_dpsgd(
+        model,
+        data,
+        loss_fn,
+        plan,
+        session,
+        lr=1.0,
+        key=key,
+        device="cpu",
+        progress=False,
+        grad_sample_mode=mode,
+        make_optimizer=torch.optim.SGD,
+        physical_batch_size=physical,
+    )
+    assert [e.steps for e in session.events] == [plan.steps]
+    return model
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_ghost_and_hooks_apply_the_same_clipped_update(name: str) -> None:
     make_model, make_data, loss_fn = CASES[name]
@@ -71,24 +95,8 @@ def test_ghost_and_hooks_apply_the_same_clipped_update(name: str) -> None:
     plan = DPSGDPlan(plan.stage, 1e-12, plan.sampling_rate, 1, 0.05, 32)
     moved = {}
     for mode in ("hooks", "ghost"):
-        model = copy.deepcopy(start)
-        session = Collect()
-        # Plain SGD at lr 1: the update is exactly (clipped sum + noise) / expected batch size,
-        # so any difference in clipping shows (Adam's sign-like first step would hide it).
-        train_dpsgd(
-            model,
-            data,
-            loss_fn,
-            plan,
-            session,
-            lr=1.0,
-            key=MechanismKey("test", 7),  # the same Poisson batch in both modes
-            device="cpu",
-            progress=False,
-            grad_sample_mode=mode,
-            make_optimizer=torch.optim.SGD,
-        )
-        assert len(session.events) == 1 and session.events[0].steps == 1
+        # the same key: the same Poisson batch in both modes
+        model = _sgd_trained(start, data, loss_fn, plan, MechanismKey("test", 7), mode=mode)
         moved[mode] = torch.cat(
             [(p - q).flatten() for p, q in zip(model.parameters(), start.parameters(), strict=True)]
         )
@@ -117,23 +125,8 @@ def test_physical_chunks_apply_the_whole_batch_update_with_one_noise_draw(
     plan = DPSGDPlan("test", 1.0, 0.5, 3, max_grad_norm=0.05, expected_batch_size=32)
     final = {}
     for physical in (None, 5):
-        model = copy.deepcopy(start)
-        session = Collect()
-        train_dpsgd(
-            model,
-            data,
-            loss_fn,
-            plan,
-            session,
-            lr=1.0,
-            key=MechanismKey("test", 11),
-            device="cpu",
-            progress=False,
-            grad_sample_mode=mode,
-            make_optimizer=torch.optim.SGD,
-            physical_batch_size=physical,
-        )
-        assert [e.steps for e in session.events] == [3]
+        key = MechanismKey("test", 11)
+        model = _sgd_trained(start, data, loss_fn, plan, key, mode=mode, physical=physical)
         final[physical] = torch.cat([p.detach().flatten() for p in model.parameters()])
     moved = final[None] - torch.cat([p.detach().flatten() for p in start.parameters()])
     assert moved.abs().max() > 0

@@ -21,8 +21,9 @@ DATASET_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 Stage1Mechanism = Literal["dpsgd-autoencoder", "lipschitz-vae"]
 """Stage 1: the DP-SGD conv autoencoder, or the Lipschitz VAE (a release: `released` only)."""
 
-ReleasedModel = Literal["deconvolution", "diffusion"]
-"""`released` mode's stage 2: a deconvolved Gaussian mixture, or diffusion on noisy latents."""
+ReleasedModel = Literal["deconvolution", "diffusion", "ambient-diffusion"]
+"""`released` mode's stage 2: a deconvolved Gaussian mixture, diffusion on the noisy latents, or
+ambient diffusion through their known noise."""
 
 PrivateModel = Literal["diffusion", "dp-moments", "dp-mixture"]
 """`private` mode's stage 2: DP-SGD latent diffusion, class Gaussians from DP moments, or class

@@ -193,7 +193,9 @@ class Stage2Config(Section):
     """As `stage1.physical_batch_size`, for the DP-SGD latent diffusion."""
     released_model: ReleasedModel = "deconvolution"
     """`released` mode's stage 2: `deconvolution` (a Gaussian mixture fitted through the known
-    release noise, stages/deconvolve.py) or `diffusion` (the denoiser on the noisy latents)."""
+    release noise, stages/deconvolve.py), `ambient-diffusion` (a denoiser trained through that
+    noise on labels inferred by the mixture, stages/ambient.py) or `diffusion` (the denoiser on
+    the noisy latents as if clean)."""
     mixture_components: PositiveInt = 3
     """Deconvolution and dp-mixture: mixture components per class."""
     mixture_iterations: PositiveInt = 100

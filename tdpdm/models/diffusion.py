@@ -70,13 +70,10 @@ def diffusion_loss(
     y: torch.Tensor,
     noise_draws: int,
     label_dropout: float,
-    t_min: float = 0.0,
 ) -> torch.Tensor:
-    """Each record's eps-prediction MSE averaged over its K draws, shape (B,).
-
-    `t_min` > 0 trains only at noise levels above it (used when x0 itself is noisy)."""
+    """Each record's eps-prediction MSE averaged over its K draws, shape (B,)."""
     b = x0.shape[0]
-    t = t_min + (1 - t_min) * torch.rand(b, noise_draws, device=x0.device)
+    t = torch.rand(b, noise_draws, device=x0.device)
     a = alpha_bar(t).unsqueeze(-1)
     eps = torch.randn(b, noise_draws, x0.shape[-1], device=x0.device)
     xt = a.sqrt() * x0.unsqueeze(1) + (1 - a).sqrt() * eps
@@ -98,19 +95,27 @@ def ddim_sample(
     t_end: float = 0.0,
 ) -> torch.Tensor:
     """Deterministic DDIM from pure noise to t_end, with classifier-free guidance weight
-    `guidance` (0 = purely conditional). Returns (n, d) latents."""
+    `guidance` (0 = purely conditional). Returns (n, d) latents: at t_end > 0 (a model that
+    knows nothing finer, `models/ambient.py`) the clean estimate at that level."""
     n, d, dev = labels.shape[0], model.latent_dim, labels.device
     x = torch.randn(n, 1, d, generator=generator, device=dev)
     null = torch.full_like(labels, model.num_classes)
     times = torch.linspace(1.0, t_end, steps + 1, device=dev)
-    for i in range(steps):
-        t, t_next = times[i], times[i + 1]
+
+    def clean(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the clean estimate x0, the guided eps) at level t."""
         tt = t.expand(n, 1)
         eps = model(x, tt, labels)
         if guidance:
             eps = (1 + guidance) * eps - guidance * model(x, tt, null)
         a = alpha_bar(t)
+        return ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1.5, 1.5), eps
+
+    for i in range(steps):
+        t_next = times[i + 1]
+        x0, eps = clean(x, times[i])
         a_next = alpha_bar(t_next) if t_next > 0 else torch.ones((), device=dev)
-        x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1.5, 1.5)
         x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    if t_end > 0:
+        x = clean(x, times[-1])[0]
     return x.squeeze(1)

@@ -14,6 +14,7 @@ reads only the DP release: post-processing, no privacy cost.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -182,9 +183,20 @@ def _maximise_likelihood(
         )
 
 
-def fit_release_model(uri: str, cfg: Stage2Config, *, seed: int, progress: bool) -> LatentMixture:
-    """Stage 2 of `released` mode from the published release itself (the Parquet latents):
-    reading only what was released is what makes this stage post-processing."""
+@dataclass(frozen=True)
+class PublishedRelease:
+    """What a per-record release publishes: noisy latents and label parts, and their (public)
+    noise stds per coordinate."""
+
+    latents: np.ndarray
+    label_vectors: np.ndarray
+    noise_std: float
+    label_noise_std: float
+
+
+def read_release(uri: str) -> PublishedRelease:
+    """The release's Parquet as written by `stages/release.py`; a clear error for the older
+    format without label vectors or noise levels."""
     latents, _, meta = read_latents(uri)
     label_vectors = read_label_vectors(uri)
     if label_vectors is None or "label_noise_std_per_coordinate" not in meta:
@@ -192,13 +204,52 @@ def fit_release_model(uri: str, cfg: Stage2Config, *, seed: int, progress: bool)
             f"{storage.redact(uri)}: no released label vectors or noise levels; it was written "
             "by an older release format: encode again, or set stage2.released_model=diffusion"
         )
-    return fit_deconvolved_mixture(
+    return PublishedRelease(
         latents,
         label_vectors,
-        noise_std=float(meta["noise_std_per_coordinate"]),
-        label_noise_std=float(meta["label_noise_std_per_coordinate"]),
+        float(meta["noise_std_per_coordinate"]),
+        float(meta["label_noise_std_per_coordinate"]),
+    )
+
+
+def fit_release_model(uri: str, cfg: Stage2Config, *, seed: int, progress: bool) -> LatentMixture:
+    """Stage 2 of `released` mode from the published release itself (the Parquet latents):
+    reading only what was released is what makes this stage post-processing."""
+    release = read_release(uri)
+    return fit_deconvolved_mixture(
+        release.latents,
+        release.label_vectors,
+        noise_std=release.noise_std,
+        label_noise_std=release.label_noise_std,
         components_per_class=cfg.mixture_components,
         iterations=cfg.mixture_iterations,
         seed=seed,
         progress=progress,
     )
+
+
+@torch.no_grad()
+def class_posteriors(
+    model: LatentMixture,
+    latents: np.ndarray,
+    label_vectors: np.ndarray,
+    *,
+    noise_std: float,
+    label_noise_std: float,
+) -> np.ndarray:
+    """p(class | released row) under a deconvolved mixture, (N, C): each row's latent through
+    every component's *observed* Gaussian (clean covariance + the release noise), times its
+    noisy label part's likelihood. Post-processing of the release, like the fit itself."""
+    x = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float64))
+    d = x.shape[1]
+    clean = model.scale_tril.double() @ model.scale_tril.double().transpose(1, 2)
+    observed = torch.distributions.MultivariateNormal(
+        model.means.double(), covariance_matrix=clean + noise_std**2 * torch.eye(d).double()
+    )
+    shares = model.class_shares.double()  # (K, C), one-hot rows
+    log_comp = observed.log_prob(x.unsqueeze(1)) + model.log_weights.double()  # (N, K)
+    log_class = torch.logsumexp(
+        log_comp.unsqueeze(2) + shares.clamp_min(1e-300).log().unsqueeze(0), dim=1
+    )  # (N, C)
+    log_post = log_class + torch.from_numpy(_label_log_likelihood(label_vectors, label_noise_std))
+    return torch.softmax(log_post, dim=1).numpy()

@@ -51,20 +51,25 @@ def train_diffusion(
     progress: bool = True,
     on_step: StepCallback | None = None,
     on_ema: Callable[[int, nn.Module], None] | None = None,
+    model: LatentDenoiser | None = None,
+    loss: Callable[..., torch.Tensor] = diffusion_loss,
 ) -> LatentDenoiser:
     """DP-SGD when `plan` is given (private latents), plain Adam otherwise (released ones).
 
     `seed` sets the public initial weights (and, on a DP release, the batch order); `key` is
     the DP-SGD segment's secret randomness, required with `plan`. `on_ema(step, ema_model)` runs
-    after every step (Tune scores the EMA model mid-run)."""
+    after every step (Tune scores the EMA model mid-run). `model` and `loss` replace the plain
+    denoiser and its eps loss (the ambient denoiser of a release, `stages/ambient.py`)."""
     torch.manual_seed(seed)
-    model = LatentDenoiser(latents.shape[1], num_classes, cfg.hidden, cfg.depth).to(device)
+    if model is None:
+        model = LatentDenoiser(latents.shape[1], num_classes, cfg.hidden, cfg.depth)
+    model = model.to(device)
     ema = EMA(model, cfg.ema_decay)
     x = torch.from_numpy(np.ascontiguousarray(latents)).float()
     y = torch.from_numpy(np.ascontiguousarray(labels)).long()
 
     def loss_fn(m: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-        return diffusion_loss(m, batch[0], batch[1], cfg.noise_draws, cfg.label_dropout)
+        return loss(m, batch[0], batch[1], cfg.noise_draws, cfg.label_dropout)
 
     def after_step(step: int, loss: float) -> None:
         ema.update(model)

@@ -26,6 +26,7 @@ from tdpdm.config import ConfigError, RunConfig
 from tdpdm.data import storage
 from tdpdm.data.catalog import get_spec
 from tdpdm.data.errors import DataError
+from tdpdm.models.ambient import AmbientDenoiser
 from tdpdm.models.diffusion import LatentDenoiser
 from tdpdm.privacy.statement import parquet_guarantee
 from tdpdm.stages.artifacts import (
@@ -161,7 +162,10 @@ def load_stage2(uri: str) -> nn.Module:
             hidden, latent_dim = state["inp.weight"].shape
             depth = len({m.group(1) for key in state if (m := re.match(r"blocks\.(\d+)\.", key))})
             classes = state["label.weight"].shape[0] - 1
-            model = LatentDenoiser(latent_dim, classes, hidden, depth)
+            if "noise_var" in state:  # an ambient denoiser (its buffers are loaded below)
+                model = AmbientDenoiser(latent_dim, classes, hidden, depth)
+            else:
+                model = LatentDenoiser(latent_dim, classes, hidden, depth)
         model.load_state_dict(state)
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tdpdm.models.ambient import AmbientDenoiser
 from tdpdm.models.autoencoder import LatentAutoencoder
 from tdpdm.models.diffusion import LatentDenoiser, ddim_sample
 from tdpdm.stages.deconvolve import LatentMixture
@@ -19,7 +20,7 @@ def balanced_labels(n: int, num_classes: int, seed: int) -> np.ndarray:
 
 
 def generate(
-    denoiser: LatentDenoiser | LatentMixture,
+    denoiser: LatentDenoiser | LatentMixture | AmbientDenoiser,
     autoencoder: LatentAutoencoder,
     n: int,
     *,
@@ -31,8 +32,8 @@ def generate(
     batch: int = 2000,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (n, H, W) grey or (n, C, H, W), labels int64 (n,)) from a denoiser or, in
-    `released` mode, a deconvolved mixture."""
+    """(images uint8 (n, H, W) grey or (n, C, H, W), labels int64 (n,)) from a denoiser, a
+    mixture, or (`released` mode) an ambient denoiser that stops at its release's noise."""
     labels = balanced_labels(n, num_classes, seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     denoiser.eval().to(device)
@@ -41,6 +42,8 @@ def generate(
         y = torch.from_numpy(labels[i : i + batch]).to(device)
         if isinstance(denoiser, LatentMixture):
             z = denoiser.sample(y, generator=generator)
+        elif isinstance(denoiser, AmbientDenoiser):
+            z = denoiser.sample(y, steps=steps, guidance=guidance, generator=generator)
         else:
             z = ddim_sample(denoiser, y, steps=steps, guidance=guidance, generator=generator)
         chunks.append(z.float().cpu().numpy())

@@ -1,10 +1,12 @@
 """Stage 2 as a seam: a `Stage2Model` says how it is planned (what it spends when it reads
 private latents) and how it is fitted; sampling and decoding are the same for all.
 
-Two models ship: `diffusion` (the class-conditional latent denoiser, DP-SGD on private latents,
-plain training on a DP release) and `deconvolution` (a Gaussian mixture fitted through the known
-noise of a DP release: post-processing only). The Ray Tune search (`distributed/tune_stage2.py`)
-is the third strategy; it lives on the floor above because it needs Ray.
+On a DP release: `diffusion` (the class-conditional latent denoiser, plain training on the
+noisy latents), `deconvolution` (a Gaussian mixture fitted through the release's known noise)
+and `ambient-diffusion` (a denoiser trained through that noise, `stages/ambient.py`): all
+post-processing. On private latents: `diffusion` by DP-SGD, `dp-moments`, `dp-mixture`. The
+Ray Tune search (`distributed/tune_stage2.py`) is one more strategy; it lives on the floor above
+because it needs Ray.
 
 Adding a model: one module with a class like the two below, and one line in `STAGE2_MODELS`.
 """
@@ -23,6 +25,7 @@ from tdpdm.privacy.calibration import calibrate_noise
 from tdpdm.privacy.events import Event
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
+from tdpdm.stages.ambient import AmbientReleaseDiffusion
 from tdpdm.stages.context import RunContext
 from tdpdm.stages.deconvolve import fit_release_model
 from tdpdm.stages.diffuse import train_diffusion
@@ -129,7 +132,14 @@ class ReleaseMixture:
 
 
 STAGE2_MODELS: dict[str, Stage2Model] = {
-    m.name: m for m in (LatentDiffusion(), ReleaseMixture(), DPMoments(), DPMixture())
+    m.name: m
+    for m in (
+        LatentDiffusion(),
+        ReleaseMixture(),
+        AmbientReleaseDiffusion(),
+        DPMoments(),
+        DPMixture(),
+    )
 }
 
 

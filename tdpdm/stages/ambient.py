@@ -19,7 +19,7 @@ from torch import nn
 from tdpdm.config import RunConfig
 from tdpdm.models.ambient import AmbientDenoiser, ambient_loss
 from tdpdm.stages.context import RunContext
-from tdpdm.stages.deconvolve import class_posteriors, fit_deconvolved_mixture, read_release
+from tdpdm.stages.deconvolve import class_posteriors, fit_release_mixture, read_release
 from tdpdm.stages.diffuse import train_diffusion
 from tdpdm.stages.plan import Stage2Plan
 
@@ -37,11 +37,7 @@ def fit_ambient_release(uri: str, cfg: RunConfig, *, progress: bool) -> AmbientD
     """The ambient denoiser of the release at `uri`, conditioned on jointly inferred labels."""
     release = read_release(uri)
     s2 = cfg.stage2
-    mixture = fit_deconvolved_mixture(
-        release.latents, release.label_vectors, noise_std=release.noise_std,
-        label_noise_std=release.label_noise_std, components_per_class=s2.mixture_components,
-        iterations=s2.mixture_iterations, seed=cfg.seed, progress=progress,
-    )  # fmt: skip
+    mixture = fit_release_mixture(release, s2, seed=cfg.seed, progress=progress)
     posteriors = class_posteriors(
         mixture, release.latents, release.label_vectors, noise_std=release.noise_std,
         label_noise_std=release.label_noise_std,

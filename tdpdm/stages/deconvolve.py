@@ -215,7 +215,13 @@ def read_release(uri: str) -> PublishedRelease:
 def fit_release_model(uri: str, cfg: Stage2Config, *, seed: int, progress: bool) -> LatentMixture:
     """Stage 2 of `released` mode from the published release itself (the Parquet latents):
     reading only what was released is what makes this stage post-processing."""
-    release = read_release(uri)
+    return fit_release_mixture(read_release(uri), cfg, seed=seed, progress=progress)
+
+
+def fit_release_mixture(
+    release: PublishedRelease, cfg: Stage2Config, *, seed: int, progress: bool
+) -> LatentMixture:
+    """The deconvolved mixture of a release already read, with `cfg`'s components and fit."""
     return fit_deconvolved_mixture(
         release.latents,
         release.label_vectors,

@@ -22,6 +22,7 @@ PANELS = (
     ("accuracy", "downstream CNN accuracy\n(real test split)"),
     ("classifier_fd", "Frechet distance, classifier features\n(lower is better)"),
 )
+LEGEND_ROW_INCHES = 0.2  # a "small" legend entry's height with its spacing, at 100 dpi
 
 
 def _finite(x: Any) -> float | None:
@@ -98,12 +99,12 @@ def privacy_utility_figure(
     if not rows and current is None:
         raise ValueError("privacy_utility_figure needs at least one row")
     names = {_series_name(r) for r in rows}
-    many = len(names) > 4  # then one legend under both panels, 0.12 inch a legend row
-    height = 4 + 0.12 * (len(names) + 1) if many else 4
+    many = len(names) > 4  # then one legend under both panels, a name a row
+    height = 4 + LEGEND_ROW_INCHES * (len(names) + 1) if many else 4
     fig = Figure(figsize=(10, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(PANELS))
-    palette = colormaps["tab20"].colors
+    palette = colormaps["tab20"].colors + colormaps["tab20b"].colors
     colours = {name: palette[i % len(palette)] for i, name in enumerate(sorted(names))}
     datasets = sorted({name.split(" / ")[0] for name in names})
     styles = {d: ("-", "--", ":", "-.")[i % 4] for i, d in enumerate(datasets)}
@@ -115,7 +116,7 @@ def privacy_utility_figure(
                 [p[1] for p in pts],
                 marker="o",
                 label=name,
-                color=colours[name],  # one colour a series in both panels, 20 before repeating
+                color=colours[name],  # one colour a series in both panels, 40 before repeating
                 linestyle=styles[name.split(" / ")[0]],  # a line style a data set
             )
         here = (_finite(current.get("epsilon")), _finite(current.get(key))) if current else None
@@ -145,8 +146,8 @@ def privacy_utility_figure(
         for ax in axes[1:]:
             named |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
         fig.legend(
-            named.values(), named.keys(), loc="outside lower center", ncols=2, fontsize="small"
-        )
+            named.values(), named.keys(), loc="outside lower center", ncols=1, fontsize="small"
+        )  # one column: long variant names in two columns ran off both sides
     title = "Privacy-utility trade-off"
     if sub := _subtitle(rows + ([dict(current)] if current else [])):
         title += f" ({sub})"

@@ -80,3 +80,27 @@ def test_png_bytes_and_empty_rows() -> None:
         assert im.format == "PNG"
     with pytest.raises(ValueError):
         privacy_utility_plot([], "unused.png")
+
+
+def test_a_long_legend_stays_inside_the_figure() -> None:
+    """Many series with long variant names: every legend entry is drawn inside the canvas."""
+    rows = [
+        {
+            "dataset": "fashion-mnist" if i % 2 else "mnist",
+            "mode": "released",
+            "variant": f"dpsgd-autoencoder, label-conditioned decoder + deconvolution, seed {i}",
+            "epsilon": eps,
+            "accuracy": 0.1 * (i % 9),
+            "delta": 1e-5,
+            "adjacency": "replace_one",
+        }
+        for i in range(24)
+        for eps in (1.0, 10.0)
+    ]
+    fig = privacy_utility_figure(rows)
+    fig.canvas.draw()
+    canvas = fig.bbox
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    assert box.x0 >= canvas.x0 and box.x1 <= canvas.x1, (box, canvas)
+    assert box.y0 >= canvas.y0 and box.y1 <= canvas.y1, (box, canvas)

@@ -186,6 +186,12 @@ class Stage2Config(Section):
     ema_decay: Rate = 0.995
     sampler_steps: PositiveInt = 50
     guidance: Float = 1.0
+    sharpen: Annotated[float, Field(ge=0), NoBool] = 0.0
+    """Unsharp-mask amount for the decoded samples (models/sharpen.py; 0: off). A fixed filter
+    on each sample alone, so post-processing: no privacy cost. The decoder's samples are blurred
+    means; 2.0 lifted a CNN trained on them by about half a point on Fashion-MNIST and MNIST
+    screens at epsilon 10 (benchmarks/RESULTS.md, session 14: chosen by real-data accuracy, a
+    custodian-side choice)."""
     grad_sample_mode: GradSampleMode = "ghost"
     """Opacus per-sample gradients: `hooks` (materialised) or `ghost` (ghost clipping; the same
     clipped update, tested, and about 4x faster for this MLP on CPU: benchmarks/dp_overhead.py)."""

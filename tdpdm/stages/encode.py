@@ -19,6 +19,7 @@ from tdpdm.models.autoencoder import (
     LatentAutoencoder,
     SpatialAutoencoder,
 )
+from tdpdm.models.sharpen import unsharp_mask
 from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.dpsgd import StepCallback, train_dpsgd
@@ -185,13 +186,15 @@ def decode(
     device: str,
     batch: int = 2048,
     labels: np.ndarray | None = None,
+    sharpen: float = 0.0,
 ) -> np.ndarray:
     """Latents (and, for a label-conditioned decoder, their labels) -> uint8 images, (N, H, W)
-    grey or (N, C, H, W) colour, of the model's shape. Pure post-processing of DP outputs."""
+    grey or (N, C, H, W) colour, of the model's shape, unsharp-masked by ``sharpen``
+    (`stage2.sharpen`) before they are rounded. Pure post-processing of DP outputs."""
     model.eval().to(device)
     out = []
     for i in range(0, len(latents), batch):
         z = torch.from_numpy(np.ascontiguousarray(latents[i : i + batch])).float().to(device)
         y = None if labels is None else torch.as_tensor(labels[i : i + batch], device=device)
-        out.append(model.decode(z, y).cpu())
+        out.append(unsharp_mask(model.decode(z, y), sharpen).cpu())
     return tensor_to_images(torch.cat(out))

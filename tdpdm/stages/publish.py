@@ -55,6 +55,7 @@ def publish(
             num_classes=spec.num_classes,
             steps=cfg.stage2.sampler_steps,
             guidance=cfg.stage2.guidance,
+            sharpen=cfg.stage2.sharpen,
             seed=cfg.seed,
             device=cfg.device,
             progress=cfg.progress,

@@ -114,6 +114,7 @@ class PublishedRun:
             num_classes=self.num_classes,
             steps=s2.sampler_steps,
             guidance=s2.guidance,
+            sharpen=s2.sharpen,
             seed=seed,
             device=device,
             progress=progress,

@@ -31,9 +31,11 @@ def generate(
     device: str,
     batch: int = 2000,
     progress: bool = True,
+    sharpen: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (n, H, W) grey or (n, C, H, W), labels int64 (n,)) from a denoiser, a
-    mixture, or (`released` mode) an ambient denoiser that stops at its release's noise."""
+    mixture, or (`released` mode) an ambient denoiser that stops at its release's noise;
+    decoded images unsharp-masked by ``sharpen`` (`stage2.sharpen`)."""
     labels = balanced_labels(n, num_classes, seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     denoiser.eval().to(device)
@@ -48,4 +50,4 @@ def generate(
             z = ddim_sample(denoiser, y, steps=steps, guidance=guidance, generator=generator)
         chunks.append(z.float().cpu().numpy())
     latents = np.concatenate(chunks)
-    return decode(autoencoder, latents, device, labels=labels), labels
+    return decode(autoencoder, latents, device, labels=labels, sharpen=sharpen), labels

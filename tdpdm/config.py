@@ -189,9 +189,10 @@ class Stage2Config(Section):
     sharpen: Annotated[float, Field(ge=0), NoBool] = 0.0
     """Unsharp-mask amount for the decoded samples (models/sharpen.py; 0: off). A fixed filter
     on each sample alone, so post-processing: no privacy cost. The decoder's samples are blurred
-    means; 2.0 lifted a CNN trained on them by about half a point on Fashion-MNIST and MNIST
-    screens at epsilon 10 (benchmarks/RESULTS.md, session 14: chosen by real-data accuracy, a
-    custodian-side choice)."""
+    means. With 2.0 the CPU table's epsilon-10 rows keep their accuracy (Fashion-MNIST 81.06 +-
+    0.71 against 81.19 +- 0.45 %, MNIST 96.00 +- 0.10 against 96.28 +- 0.06) while the
+    classifier-FD falls from 27 to 5 and from 72 to 8 (benchmarks/RESULTS.md, session 14): a
+    fidelity lever, off by default."""
     grad_sample_mode: GradSampleMode = "ghost"
     """Opacus per-sample gradients: `hooks` (materialised) or `ghost` (ghost clipping; the same
     clipped update, tested, and about 4x faster for this MLP on CPU: benchmarks/dp_overhead.py)."""

@@ -115,12 +115,14 @@ def _stage2_text(report: dict[str, Any]) -> str:
             f"batch={s1.get('batch_size', '?')}"
         )
     if report["mode"] == "private" and s2.get("private_model") == "dp-mixture":
+        assignment = s2.get("mixture_assignment", "mahalanobis")
+        assignment = "" if assignment == "mahalanobis" else f", {assignment} assignment"
         return (
             f"stage2=dp-mixture ({s2.get('mixture_components', '?')}/class, "
             f"{s2.get('mixture_rounds', 3)} rounds, "
             f"{s2.get('moments_covariance', 'full')} covariance per "
             f"{s2.get('mixture_covariance', 'class')}, radius {s2.get('moments_radius', 1.0):g}"
-            f"{centring}), "
+            f"{centring}{assignment}), "
             f"{latent}, stage1 epochs={s1.get('epochs', '?')} batch={s1.get('batch_size', '?')}"
         )
     if report["mode"] == "private":

@@ -216,6 +216,10 @@ class Stage2Config(Section):
     per-class means: a tenth of the noise; the choice for small epsilon)."""
     mixture_rounds: PositiveInt = 3
     """dp-mixture: DP hard-EM rounds (each one Gaussian release of component counts and sums)."""
+    mixture_assignment: Literal["mahalanobis", "spherical"] = "mahalanobis"
+    """dp-mixture: a record joins the component nearest by Mahalanobis distance under its
+    class's shared within covariance, or by Euclidean distance scaled by the class's mean
+    variance (`spherical`, k-means' rule). Post-processing of released values either way."""
     mixture_covariance: Literal["class", "component"] = "class"
     """dp-mixture: one covariance a class shared by its components, or one a component (one
     more moments release, per (class, component) row)."""

@@ -17,6 +17,7 @@ from tdpdm.stages.dp_mixture import (
     MIXTURE_STAGE,
     DPMixture,
     MixturePlan,
+    assign_classes,
     fit_dp_mixture,
     mixture_model,
     release_round,
@@ -258,3 +259,34 @@ def test_the_number_of_rounds_comes_from_the_config():
     assert plan.rounds == 2 and plan.events()[-1].count == 2
     total = compute_epsilon([*spent, *plan.events()], 1e-5, Adjacency.ADD_REMOVE).epsilon
     assert 3.9 < total <= 4.0
+
+
+def test_spherical_assignment_is_euclidean_where_mahalanobis_follows_the_long_axis():
+    """A class covariance long along x: by Mahalanobis distance a record at (2.5, 0) belongs
+    to the centre at the origin (2.5 along the long axis is near), by the spherical rule to the
+    centre at (3, 0.5) (Euclidean 0.71 against 2.5)."""
+    z, labels = np.array([[2.5, 0.0]]), np.array([0])
+    weights, means = np.array([[0.5, 0.5]]), np.array([[[0.0, 0.0], [3.0, 0.5]]])
+    covs = np.array([np.diag([100.0, 0.01])])
+    assert assign_classes(z, labels, weights, means, covs)[0] == 0
+    assert assign_classes(z, labels, weights, means, covs, "spherical")[0] == 1
+
+
+def test_the_assignment_rule_comes_from_the_config_and_is_free():
+    """`stage2.mixture_assignment` reaches the plan without changing its releases (the rule
+    reads only released parameters), and a spherical fit still finds the toy's components."""
+    spent = [PoissonGaussianEvent(1.0, sampling_rate=0.02, steps=100, stage="encoder")]
+    configs = {
+        r: RunConfig(epsilon=4.0, stage2={"mixture_assignment": r})
+        for r in ("mahalanobis", "spherical")
+    }
+    plans = {
+        r: DPMixture().plan(c, 10_000, Adjacency.ADD_REMOVE, 1e-5, spent)
+        for r, c in configs.items()
+    }
+    assert plans["spherical"].assignment == "spherical"
+    assert plans["spherical"].events() == plans["mahalanobis"].events()
+    _, means, _ = _fit(MixturePlan(1e-3, assignment="spherical"), EventTally())
+    for c in range(2):
+        dist = np.linalg.norm(TRUE_MEANS[c][:, None] - means[c][None], axis=2)
+        assert dist.min(axis=1).max() < 0.02, means[c]

@@ -13,6 +13,12 @@ DPDM CNN (tdpdm.evaluate.downstream) trained on them and scored on the real test
     python benchmarks/dp_mixture.py --run runs/mnist-spatial-eps10-b1024 --components 1,2,4
     python benchmarks/dp_mixture.py --run RUN --components 1 --covariance full,pooled \
         --radius 1,0.6 --sigma 4.2     # dp-moments variants at a given noise (e.g. epsilon 1's)
+    python benchmarks/dp_mixture.py --run RUN --components 8 --rounds 2 --centred \
+        --mixture-covariance component --radius 1 --assignment spherical --noiseless \
+        --synthetic 60000 --epochs 5   # the fitting procedure alone, without its noise
+
+`--noiseless` runs the same releases at a noise multiplier of 1e-6: not a DP mechanism at all
+(no epsilon is printed), a measurement of what the procedure loses apart from its noise.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ from tdpdm.stages.encode import build_autoencoder  # noqa: E402
 from tdpdm.stages.latents_io import read_latents  # noqa: E402
 from tdpdm.stages.sample import generate  # noqa: E402
 
+NOISELESS = 1e-6
+"""`--noiseless`'s noise multiplier: the releases' arithmetic without their noise."""
+
 
 class Unledgered:
     """Collects the events a fit ran (printed; no ledger: see the module docstring)."""
@@ -93,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--clip-ratio", type=float, default=CLIP_RATIO, help="centred: radius^2 / spread"
     )
+    ap.add_argument(
+        "--assignment", default="mahalanobis", choices=["mahalanobis", "spherical"],
+        help="dp-mixture: how a record picks its component (stage2.mixture_assignment)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--noiseless", action="store_true",
+        help="noise multiplier 1e-6: the procedure without its noise (not DP; no epsilon)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         key = MechanismKey.fresh("bench-stage2")
         if k == 1:
             plan = DPMoments().plan(cfg, len(z), adjacency, delta, spent)
-            if args.sigma:
-                plan = MomentsPlan(args.sigma, centred=args.centred, clip_ratio=args.clip_ratio)
+            if args.sigma or args.noiseless:
+                sigma = NOISELESS if args.noiseless else args.sigma
+                plan = MomentsPlan(sigma, centred=args.centred, clip_ratio=args.clip_ratio)
             means, covs = class_gaussians(
                 z, labels, num_classes=classes, covariance=covariance, plan=plan,
                 session=session, key=key, scales=MomentScales.for_latent(z.shape[1], radius),
@@ -149,13 +167,13 @@ def main(argv: list[str] | None = None) -> int:
             def planned(s: float, pc: bool = per_component) -> MixturePlan:
                 return MixturePlan(
                     s, rounds=args.rounds, component_moments=pc, initial_ratio=args.initial_ratio,
-                    centred=args.centred, clip_ratio=args.clip_ratio,
+                    centred=args.centred, clip_ratio=args.clip_ratio, assignment=args.assignment,
                 )  # fmt: skip
 
             # DPMixture.plan's calibration, for any T and release-0 ratio
-            sigma = calibrate_noise(
+            sigma = NOISELESS if args.noiseless else calibrate_noise(
                 lambda s: planned(s).events(), cfg.epsilon, delta, adjacency, fixed_events=spent
-            )
+            )  # fmt: skip
             plan = planned(sigma)
             weights, means, covs = fit_dp_mixture(
                 z, labels, num_classes=classes, components=k, covariance=covariance, plan=plan,
@@ -163,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             model = mixture_model(weights, means, covs)
         fit_s = time.perf_counter() - t0
-        epsilon = compute_epsilon([*spent, *session.recorded], delta, adjacency).epsilon
+        epsilon = (
+            None
+            if args.noiseless
+            else round(compute_epsilon([*spent, *session.recorded], delta, adjacency).epsilon, 3)
+        )
         images, synth_labels = generate(
             model, decoder, args.synthetic, num_classes=classes, steps=0, guidance=1.0,
             seed=args.seed, device="cpu", progress=False,
@@ -178,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"dp-moments r={radius}"
                 if k == 1
                 else f"dp-mixture K={k} T={args.rounds} r={radius} {args.mixture_covariance} "
-                f"r0={args.initial_ratio:g}"
+                f"r0={args.initial_ratio:g} {args.assignment}"
             )
-            + centring,
+            + centring
+            + (" NOISELESS (not DP)" if args.noiseless else ""),
             "covariance": covariance,
             "accuracy": round(100 * float(acc), 2),
-            "epsilon_with_encoder": round(epsilon, 3),
+            "epsilon_with_encoder": epsilon,
             "events": [(e.stage, round(e.noise_multiplier, 4)) for e in session.recorded],
             "synthetic": args.synthetic,
             "cnn_epochs": args.epochs,

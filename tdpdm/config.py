@@ -230,7 +230,7 @@ class Stage2Config(Section):
     latents' norms (all below 0.45 sqrt(d); a custodian-side look, stated in RESULTS.md): at
     epsilon 1 it lifted dp-moments from 82.9 % to 92.3 %. Fashion-MNIST's latents are longer
     (39 % above 0.5 sqrt(d)): there 1.0 lifts the epsilon-10 dp-mixture from 81.2 % to 81.8 %
-    (RESULTS.md, session 14)."""
+    (RESULTS.md, session 14), and the CPU table's epsilon-10 rows use 1.0 since session 15."""
     moments_centred: bool = True
     """dp-moments/-mixture: release the second moments about public centres (one cheap release
     of class means and spreads first), clipped to a radius from the released spread: the

@@ -24,6 +24,7 @@ from tdpdm.config import RunConfig
 from tdpdm.data.private import PrivateTrainingSet
 from tdpdm.distributed.backend import ray_for as _ray_for
 from tdpdm.distributed.backend import require_backend as _require_backend
+from tdpdm.distributed.backend import stage2_sums as _stage2_sums
 from tdpdm.distributed.backend import trainer as _trainer
 from tdpdm.privacy.accountant import compute_epsilon
 from tdpdm.privacy.events import Event, event_from_dict, event_to_dict
@@ -114,7 +115,8 @@ def run_pipeline(
             denoiser = _tuned_stage2(ctx, latents_uri, list(session.recorded), n)
         else:
             data = Stage2Input(out.latents, out.labels, latents_uri if out.released else None)
-            denoiser = model2.fit(ctx, data, plan.stage2, session if plan.stage2 else None)
+            with _stage2_sums(cfg):
+                denoiser = model2.fit(ctx, data, plan.stage2, session if plan.stage2 else None)
             save_model(denoiser, ctx.layout.diffusion)
     custodian = publish(ctx, out.model, denoiser, session.recorded, session, n, out.info)
     return RunResult(ctx.cfg.out, custodian)

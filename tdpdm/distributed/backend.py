@@ -72,3 +72,15 @@ def ray_for(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
     from tdpdm.distributed.ray_runtime import ray_session
 
     return ray_session(cfg.distributed.address)
+
+
+def stage2_sums(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
+    """Where stage 2's sufficient statistics are summed: over `distributed.num_workers` Ray
+    tasks when the backend is Ray (inside `ray_for`), else in this process. Either way the
+    release's noise is drawn once, by the stage-2 model, on the driver."""
+    if cfg.distributed.backend != "ray":
+        return contextlib.nullcontext()
+    from tdpdm.distributed.stage2_sums import ray_row_sums
+    from tdpdm.stages.row_sums import summing_with
+
+    return summing_with(ray_row_sums(cfg.distributed.num_workers))

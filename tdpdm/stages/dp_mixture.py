@@ -65,6 +65,7 @@ from tdpdm.stages.dp_moments import (
     release_centred,
     release_moments,
 )
+from tdpdm.stages.row_sums import row_sums, summed_where
 
 MIXTURE_STAGE = "mixture_rounds"
 MIXTURE_ROUNDS = 3
@@ -180,8 +181,7 @@ def round_features(z: np.ndarray) -> np.ndarray:
 def release_round(z, labels, comp, *, num_classes, components, plan, session, key) -> np.ndarray:
     """The noisy (classes * components, 1 + d) table: each record's `round_features` added to
     the one row of its class and assigned component."""
-    table = np.zeros((num_classes * components, 1 + z.shape[1]))
-    np.add.at(table, labels * components + comp, round_features(z))
+    table = row_sums(labels * components + comp, num_classes * components, round_features, z)
     noisy = table + key.numpy().normal(0.0, plan.round_noise_multiplier, size=table.shape)
     session.record(plan.round_event())
     return noisy
@@ -377,7 +377,8 @@ class DPMixture:
             f"assignment, sigma "
             f"{plan.noise_multiplier:.3f} then {plan.round_noise_multiplier:.3f})"
         )
-        with ctx.timed("dp_mixture", dp_sgd=False, components=k, rounds=plan.rounds):
+        where = summed_where()
+        with ctx.timed("dp_mixture", dp_sgd=False, components=k, rounds=plan.rounds, sums=where):
             weights, means, covs = fit_dp_mixture(
                 data.latents,
                 data.labels,

@@ -37,6 +37,7 @@ centres and radii are post-processing of A.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -51,10 +52,9 @@ from tdpdm.privacy.randomness import MechanismKey
 from tdpdm.privacy.session import PrivacySession
 from tdpdm.stages.context import RunContext
 from tdpdm.stages.deconvolve import LatentMixture
+from tdpdm.stages.row_sums import row_sums, summed_where
 
 MOMENTS_STAGE = "latent_moments"
-MOMENTS_CHUNK = 2048
-"""Records per chunk when summing the moment table (bounds the memory, not the result)."""
 VARIANCE_FLOOR = 1e-3
 """Smallest variance (eigenvalue) kept: noisy moments can imply negative ones."""
 COUNT_SHARE = 0.1
@@ -171,23 +171,21 @@ def release_moments(
     """The noisy (classes, p) table of summed moment vectors; the event is recorded once."""
     labels = np.asarray(labels, dtype=np.int64)
     scales = scales or MomentScales.for_latent(np.shape(z)[1])
-    table = _row_sums(
-        labels, num_classes, lambda part: moment_features(z[part], covariance, scales)
-    )
+    features = functools.partial(moment_features, covariance=covariance, scales=scales)
+    table = row_sums(labels, num_classes, features, np.asarray(z))
     noisy = table + key.numpy().normal(0.0, plan.noise_multiplier, size=table.shape)
     session.record(plan.moments_event())
     return noisy
 
 
-def _row_sums(rows: np.ndarray, num_rows: int, features) -> np.ndarray:
-    """Each record's features summed into its row. In chunks: the full model's features are
-    d(d+1)/2 wide (4,851 for d = 98), and all 60k records at once took over 10 GB of
-    temporaries (a MemoryError on the 23 GB CI machine)."""
-    table = np.zeros((num_rows, features(slice(0, 0)).shape[1]))
-    for i in range(0, len(rows), MOMENTS_CHUNK):
-        onehot = np.eye(num_rows)[rows[i : i + MOMENTS_CHUNK]]  # (chunk, rows)
-        table += onehot.T @ features(slice(i, i + MOMENTS_CHUNK))
-    return table
+def centre_features(z: np.ndarray, scales: MomentScales) -> np.ndarray:
+    """(n, 1 + d + 1) release-A vectors [a, b z / R, c ||z||^2 / R^2] of norm <= 1."""
+    z = clip_latents(z, scales.radius)
+    a, b, c = CENTRE_SHARES
+    r = scales.radius
+    return np.concatenate(
+        [np.full((len(z), 1), a), z * (b / r), (z * z).sum(1, keepdims=True) * (c / r**2)], axis=1
+    )
 
 
 def release_centres(
@@ -195,13 +193,10 @@ def release_centres(
     scales: MomentScales,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Release A: per row the noisy (counts, means, spreads E ||z - mean||^2)."""
-    z, rows = clip_latents(z, scales.radius), np.asarray(rows, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
     a, b, c = CENTRE_SHARES
     r = scales.radius
-    feats = np.concatenate(
-        [np.full((len(z), 1), a), z * (b / r), (z * z).sum(1, keepdims=True) * (c / r**2)], axis=1
-    )
-    table = _row_sums(rows, num_rows, lambda part: feats[part])
+    table = row_sums(rows, num_rows, functools.partial(centre_features, scales=scales), z)
     noisy = table + key.numpy().normal(0.0, plan.centre_ratio * plan.noise_multiplier, table.shape)
     session.record(plan.centre_event())
     counts = np.maximum(noisy[:, 0] / a, 1.0)
@@ -232,12 +227,8 @@ def release_centred(
     """Release B: the noisy (rows, p) table of `centred_features` about public centres."""
     rows = np.asarray(rows, dtype=np.int64)
     z = np.asarray(z, dtype=np.float64)
-    table = _row_sums(
-        rows, len(centres),
-        lambda part: centred_features(
-            z[part], centres[rows[part]], radii[rows[part]], covariance, scales
-        ),
-    )  # fmt: skip
+    features = functools.partial(centred_features, covariance=covariance, scales=scales)
+    table = row_sums(rows, len(centres), features, z, centres[rows], radii[rows])
     noisy = table + key.numpy().normal(0.0, plan.noise_multiplier, size=table.shape)
     session.record(plan.moments_event())
     return noisy
@@ -363,7 +354,7 @@ class DPMoments:
             f"{scales.radius:.2f}, {'centred, two' if plan.centred else 'one'} Gaussian "
             f"release(s), sigma {plan.noise_multiplier:.3f})"
         )
-        with ctx.timed("dp_moments", dp_sgd=False, covariance=covariance):
+        with ctx.timed("dp_moments", dp_sgd=False, covariance=covariance, sums=summed_where()):
             means, covs = class_gaussians(
                 data.latents, data.labels, num_classes=classes, covariance=covariance,
                 plan=plan, session=session, key=MechanismKey.fresh("stage2-moments"),

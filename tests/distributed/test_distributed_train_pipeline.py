@@ -53,6 +53,12 @@ def test_main_job_runs_stage1_on_ray_train(local_ray, tmp_path, monkeypatch, cap
     assert details["backend"] == "ray" and details["num_workers"] == 2
     stage1 = [e for e in report["privacy"]["events"] if e.get("stage") == "encoder"]
     assert len(stage1) == 1 and stage1[0]["steps"] == details["steps"] == 4  # 400 / 100 x 1
+    # Stage 2 (the main job's dp-moments) summed its moment tables on Ray, one shard a worker,
+    # and still released each table once.
+    (moments,) = [s for s in report["stages"] if s["name"] == "dp_moments"]
+    assert moments["details"]["sums"] == "ray (2 shards)"
+    stage2 = [e["stage"] for e in report["privacy"]["events"] if e.get("stage") != "encoder"]
+    assert stage2 == ["latent_centres", "latent_moments"]
     # Ray Train's steps reach telemetry (tdpdm_training_steps_total; the Prometheus scrape test
     # in tests/telemetry runs on the local backend).
     assert telemetry.steps.get("encoder") == details["steps"], telemetry.steps

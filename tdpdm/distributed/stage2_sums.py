@@ -9,14 +9,12 @@ a task returns only its (rows x features) table of sums.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from tdpdm.distributed.ray_runtime import import_ray
 from tdpdm.stages.row_sums import Features, RowSums, local_row_sums
-
-
-def _partial_table(rows, num_rows, features, *arrays) -> np.ndarray:
-    return local_row_sums(rows, num_rows, features, *arrays)
 
 
 def ray_row_sums(shards: int) -> RowSums:
@@ -26,13 +24,14 @@ def ray_row_sums(shards: int) -> RowSums:
         raise ValueError(f"shards must be a positive integer, got {shards}")
 
     def summer(rows: np.ndarray, num_rows: int, features: Features, *arrays: np.ndarray):
-        ray = import_ray()
-        task = ray.remote(num_cpus=1)(_partial_table)
         rows = np.asarray(rows, dtype=np.int64)
         parts = [p for p in np.array_split(np.arange(len(rows)), shards) if len(p)]
+        if not parts:  # no records: the zero table, nothing to ship
+            return local_row_sums(rows, num_rows, features, *arrays)
+        ray = import_ray()
+        task = ray.remote(num_cpus=1)(local_row_sums)
         refs = [task.remote(rows[p], num_rows, features, *(a[p] for a in arrays)) for p in parts]
-        width = features(*(a[:0] for a in arrays)).shape[1]
-        return sum(ray.get(refs), np.zeros((num_rows, width)))
+        return functools.reduce(np.add, ray.get(refs))
 
     summer.where = f"ray ({shards} shard{'s' if shards > 1 else ''})"  # type: ignore[attr-defined]
     return summer
